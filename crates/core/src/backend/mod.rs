@@ -1,0 +1,1 @@
+//! Compute backends: one `Backend` trait, a CPU and a CUDA implementation.
