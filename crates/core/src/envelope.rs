@@ -71,3 +71,382 @@ pub struct Envelope {
     /// `Cbor` or `MsgPack` for bytes.
     pub encoding: Encoding,
 }
+
+use crate::error::{CoreError, ErrorCode, Result};
+use crate::err;
+
+/// The envelope's object form, before its payload is decoded. The N-API
+/// layer builds this from a JS object; `decode_bytes` builds it from text.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RawEnvelope {
+    pub id: Option<String>,
+    pub job_type: Option<String>,
+    pub payload: Option<Value>,
+    pub payload_b64: Option<String>,
+    /// `payload` given as bytes (a JS Uint8Array/Buffer): raw unless
+    /// `encoding` says how to read it.
+    pub payload_bytes: Option<Vec<u8>>,
+    pub encoding: Option<String>,
+}
+
+impl RawEnvelope {
+    /// Read the envelope fields out of a parsed JSON object. Unknown fields
+    /// are ignored (forward compatibility with newer clients).
+    pub fn from_value(value: Value) -> Result<RawEnvelope> {
+        let Value::Object(mut obj) = value else {
+            return Err(err!(
+                Envelope,
+                "the envelope must be a JSON object with `type` and `payload` or `payload_b64`, got {}",
+                json_kind(&value)
+            ));
+        };
+        let id = match obj.remove("id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(other) => {
+                return Err(err!(Envelope, "`id` must be a string or a number, got {}", json_kind(&other)))
+            }
+        };
+        let job_type = match obj.remove("type") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => return Err(err!(Envelope, "`type` must be a string, got {}", json_kind(&other))),
+        };
+        let payload = match obj.remove("payload") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v),
+        };
+        let payload_b64 = match obj.remove("payload_b64") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => {
+                return Err(err!(Envelope, "`payload_b64` must be a base64 string, got {}", json_kind(&other)))
+            }
+        };
+        let encoding = match obj.remove("encoding") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(other) => return Err(err!(Envelope, "`encoding` must be a string, got {}", json_kind(&other))),
+        };
+        Ok(RawEnvelope { id, job_type, payload, payload_b64, payload_bytes: None, encoding })
+    }
+
+    /// Validate the fields and decode the payload.
+    pub fn decode(self, limits: &Limits) -> Result<Envelope> {
+        let job_type = match self.job_type {
+            Some(t) if !t.trim().is_empty() => t,
+            Some(_) => return Err(err!(Envelope, "`type` is empty: name the job type (e.g. \"embedding\", \"echo\")")),
+            None => return Err(err!(Envelope, "`type` is missing: name the job type (e.g. \"embedding\", \"echo\")")),
+        };
+        let encoding = match self.encoding.as_deref() {
+            None => None,
+            Some(s) => Some(Encoding::parse(s).ok_or_else(|| {
+                err!(Envelope, "`encoding` must be one of json, raw, cbor, msgpack; got {s:?}")
+            })?),
+        };
+        if let Some(bytes) = self.payload_bytes {
+            if self.payload.is_some() || self.payload_b64.is_some() {
+                return Err(err!(Envelope, "the envelope has both `payload` and `payload_b64`: send exactly one"));
+            }
+            if bytes.len() > limits.max_envelope_bytes {
+                return Err(too_large("payload", bytes.len(), limits));
+            }
+            let (payload, encoding) =
+                decode_payload_bytes(bytes, Some(encoding.unwrap_or(Encoding::Raw)), limits, "payload")?;
+            return Ok(Envelope { id: self.id, job_type, payload, encoding });
+        }
+        let (payload, encoding) = match (self.payload, self.payload_b64) {
+            (Some(_), Some(_)) => {
+                return Err(err!(Envelope, "the envelope has both `payload` and `payload_b64`: send exactly one"))
+            }
+            (None, None) => {
+                return Err(err!(Envelope, "the envelope has neither `payload` nor `payload_b64`: send exactly one"))
+            }
+            (Some(value), None) => {
+                if let Some(enc) = encoding.filter(|e| *e != Encoding::Json) {
+                    return Err(err!(
+                        Envelope,
+                        "`encoding: {}` applies to `payload_b64` only; `payload` is always JSON",
+                        enc.as_str()
+                    ));
+                }
+                let depth = value_depth(&value);
+                if depth > limits.max_json_depth {
+                    return Err(too_deep("payload", depth, limits));
+                }
+                (Payload::Json(value), Encoding::Json)
+            }
+            (None, Some(b64)) => {
+                // Base64 is 4/3 of the bytes it carries: this bounds the
+                // decoded size before a single byte is decoded.
+                if b64.len() > limits.max_envelope_bytes {
+                    return Err(too_large("payload_b64", b64.len(), limits));
+                }
+                let bytes = decode_base64(&b64, "payload_b64")?;
+                decode_payload_bytes(bytes, encoding, limits, "payload_b64")?
+            }
+        };
+        Ok(Envelope { id: self.id, job_type, payload, encoding })
+    }
+}
+
+/// Decode an envelope given as JSON text or bytes (a JS string or
+/// Uint8Array, an HTTP body, a worker line). The size limit is checked first.
+pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Envelope> {
+    if bytes.len() > limits.max_envelope_bytes {
+        return Err(too_large("envelope", bytes.len(), limits));
+    }
+    let value = parse_json(bytes, limits, "envelope")?;
+    RawEnvelope::from_value(value)?.decode(limits)
+}
+
+/// Parse JSON text with the depth limit enforced before parsing (serde_json
+/// recursion would otherwise decide, with its own fixed limit).
+pub fn parse_json(bytes: &[u8], limits: &Limits, field: &str) -> Result<Value> {
+    if let Some(offset) = depth_exceeded_at(bytes, limits.max_json_depth) {
+        return Err(err!(
+            TooDeep,
+            "`{field}` is nested deeper than {} levels (at byte offset {offset})",
+            limits.max_json_depth
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        err!(
+            BadJson,
+            "`{field}` is not valid JSON: {} at line {} column {}",
+            describe_json_error(&e),
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+fn describe_json_error(e: &serde_json::Error) -> String {
+    // serde_json's Display appends " at line L column C"; keep only the cause.
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Turn decoded payload bytes into a payload, honouring `encoding` or, when it
+/// is absent, sniffing: bytes that parse as JSON are JSON, others are raw.
+pub fn decode_payload_bytes(
+    bytes: Vec<u8>,
+    encoding: Option<Encoding>,
+    limits: &Limits,
+    field: &str,
+) -> Result<(Payload, Encoding)> {
+    match encoding {
+        Some(Encoding::Json) => Ok((Payload::Json(parse_json(&bytes, limits, field)?), Encoding::Json)),
+        Some(Encoding::Raw) => Ok((Payload::Bytes(bytes), Encoding::Raw)),
+        Some(Encoding::Cbor) => {
+            let value = crate::envelope::cbor_to_value(&bytes, field)?;
+            check_depth(&value, limits, field)?;
+            Ok((Payload::Json(value), Encoding::Cbor))
+        }
+        Some(Encoding::MsgPack) => {
+            let value = crate::envelope::msgpack_to_value(&bytes, field)?;
+            check_depth(&value, limits, field)?;
+            Ok((Payload::Json(value), Encoding::MsgPack))
+        }
+        None => {
+            if looks_like_json(&bytes) {
+                match parse_json(&bytes, limits, field) {
+                    Ok(value) => return Ok((Payload::Json(value), Encoding::Json)),
+                    // JSON-shaped but too deep is an attack or a bug, not raw bytes.
+                    Err(e) if e.code == ErrorCode::TooDeep => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            Ok((Payload::Bytes(bytes), Encoding::Raw))
+        }
+    }
+}
+
+/// Cheap pre-check before trying to parse: valid UTF-8 whose first
+/// non-whitespace byte can start a JSON value.
+fn looks_like_json(bytes: &[u8]) -> bool {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return false;
+    };
+    matches!(first, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+        && std::str::from_utf8(bytes).is_ok()
+}
+
+fn check_depth(value: &Value, limits: &Limits, field: &str) -> Result<()> {
+    let depth = value_depth(value);
+    if depth > limits.max_json_depth {
+        return Err(too_deep(field, depth, limits));
+    }
+    Ok(())
+}
+
+fn too_deep(field: &str, depth: usize, limits: &Limits) -> CoreError {
+    err!(TooDeep, "`{field}` is nested {depth} levels deep; the limit is {}", limits.max_json_depth)
+}
+
+fn too_large(field: &str, len: usize, limits: &Limits) -> CoreError {
+    err!(
+        TooLarge,
+        "`{field}` is {len} bytes; the limit is {} bytes (EngineOptions.maxEnvelopeBytes)",
+        limits.max_envelope_bytes
+    )
+}
+
+/// The first byte offset at which JSON text nests deeper than `max`, scanning
+/// brackets outside strings. Linear, no recursion.
+pub fn depth_exceeded_at(bytes: &[u8], max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Nesting depth of a JSON value (a scalar is 0, `[]` is 1), iteratively.
+pub fn value_depth(value: &Value) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(items) => {
+                max = max.max(d + 1);
+                stack.extend(items.iter().map(|x| (x, d + 1)));
+            }
+            Value::Object(map) => {
+                max = max.max(d + 1);
+                stack.extend(map.values().map(|x| (x, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Decode base64 in the standard or URL-safe alphabet, padded or not,
+/// ignoring ASCII whitespace. Errors name the field and the offset in the
+/// original string.
+pub fn decode_base64(text: &str, field: &str) -> Result<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    const CONFIG: GeneralPurposeConfig = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(false);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CONFIG);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CONFIG);
+
+    let raw = text.as_bytes();
+    let has_whitespace = raw.iter().any(|b| b.is_ascii_whitespace());
+    let compact: std::borrow::Cow<[u8]> = if has_whitespace {
+        raw.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect::<Vec<u8>>().into()
+    } else {
+        raw.into()
+    };
+    // Pick the alphabet from the characters present; mixing both is an error.
+    let standard_at = compact.iter().position(|&b| b == b'+' || b == b'/');
+    let url_at = compact.iter().position(|&b| b == b'-' || b == b'_');
+    let engine = match (standard_at, url_at) {
+        (Some(s), Some(u)) => {
+            let at = s.max(u);
+            return Err(err!(
+                BadBase64,
+                "`{field}` mixes the standard (+/) and URL-safe (-_) base64 alphabets at offset {}",
+                original_offset(raw, at, has_whitespace)
+            ));
+        }
+        (None, Some(_)) => &URL_SAFE,
+        _ => &STANDARD,
+    };
+    engine.decode(&compact).map_err(|e| {
+        use base64::DecodeError::*;
+        let describe = |what: &str, at: usize| {
+            err!(BadBase64, "`{field}` is not valid base64: {what} at offset {}", original_offset(raw, at, has_whitespace))
+        };
+        match e {
+            InvalidByte(at, b'=') => describe("padding '=' in the middle of the data", at),
+            InvalidByte(at, byte) => describe(&format!("invalid character {:?}", byte as char), at),
+            InvalidLastSymbol(at, byte) => {
+                describe(&format!("last character {:?} has non-zero trailing bits", byte as char), at)
+            }
+            InvalidLength(len) => err!(
+                BadBase64,
+                "`{field}` is not valid base64: {len} data characters is not a valid length (one character too many or too few)"
+            ),
+            InvalidPadding => describe("wrong padding", compact.len().saturating_sub(1)),
+        }
+    })
+}
+
+/// Map an offset in the whitespace-stripped text back to the original text.
+fn original_offset(raw: &[u8], compact_offset: usize, has_whitespace: bool) -> usize {
+    if !has_whitespace {
+        return compact_offset;
+    }
+    raw.iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_ascii_whitespace())
+        .nth(compact_offset)
+        .map(|(i, _)| i)
+        .unwrap_or(raw.len())
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Decode CBOR bytes into a JSON value (byte strings become arrays of
+/// numbers; maps need text keys).
+pub fn cbor_to_value(bytes: &[u8], field: &str) -> Result<Value> {
+    ciborium::de::from_reader_with_recursion_limit::<Value, _>(bytes, 256)
+        .map_err(|e| err!(Decode, "`{field}` is not valid CBOR: {e}"))
+}
+
+/// Decode MessagePack bytes into a JSON value.
+pub fn msgpack_to_value(bytes: &[u8], field: &str) -> Result<Value> {
+    rmp_serde::from_slice::<Value>(bytes).map_err(|e| err!(Decode, "`{field}` is not valid MessagePack: {e}"))
+}
+
+/// Encode a JSON value as CBOR (used to wrap payloads for workers).
+pub fn value_to_cbor(value: &Value) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    ciborium::ser::into_writer(value, &mut out)
+        .map_err(|e| CoreError::internal(format!("CBOR encoding failed: {e}")))?;
+    Ok(out)
+}
+
+/// Encode a JSON value as MessagePack (maps keep their string keys).
+pub fn value_to_msgpack(value: &Value) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(value).map_err(|e| CoreError::internal(format!("MessagePack encoding failed: {e}")))
+}
