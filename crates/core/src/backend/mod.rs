@@ -1,1 +1,143 @@
-//! Compute backends: one `Backend` trait, a CPU and a CUDA implementation.
+//! Compute backends: one [`Backend`] trait, a CPU and (later) a CUDA
+//! implementation.
+//!
+//! # Contract
+//!
+//! A backend is built once from the loaded model ([`crate::model::BertWeights`]
+//! + [`crate::model::ModelConfig`]) and then runs many [`TokenBatch`]es. The
+//! batch is **packed**: the tokens of all sequences are concatenated
+//! (`[total_tokens]`, no padding) and `cu_seqlens` marks where each sequence
+//! starts, the layout of FlashAttention's varlen API and TEI. Attention never
+//! crosses a sequence boundary, so no padding mask is needed.
+//!
+//! The backend returns the pooled sentence vectors ([`ForwardOutput::pooled`],
+//! `[n_seqs, hidden]`, pooling as configured by the model, **before** any L2
+//! normalization: the caller normalizes, because normalization is a per-call
+//! option), and on request the last hidden state (`[total_tokens, hidden]`,
+//! in the same packed order) for the tensor (`infer`) API.
+//!
+//! Backends are `Send + Sync`: the batcher's thread owns the calls, but
+//! handles are shared through `Arc<dyn Backend>`. `forward` may be called from
+//! one thread at a time or several; an implementation that cannot run
+//! concurrently must serialize internally.
+//!
+//! Errors: a backend returns `CoreError` (`E_CUDA_FAULT`, `E_GPU_OOM`,
+//! `E_INTERNAL`, ...). It may also panic; the batcher catches that and fails
+//! the affected requests with `E_INTERNAL`.
+
+use crate::err;
+use crate::error::Result;
+
+pub mod cpu;
+
+/// A packed batch of tokenized sequences (no padding).
+///
+/// Invariants (checked by [`TokenBatch::validate`]):
+/// `input_ids`, `token_type_ids` and `position_ids` all have `total_tokens`
+/// entries; `cu_seqlens` has `n_seqs + 1` entries, starts at 0, is
+/// non-decreasing and ends at `total_tokens`; every sequence is non-empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenBatch {
+    /// Token ids, all sequences concatenated.
+    pub input_ids: Vec<u32>,
+    /// Segment (token type) ids, same length as `input_ids`.
+    pub token_type_ids: Vec<u32>,
+    /// Absolute position of each token inside its own sequence (0, 1, ...),
+    /// built on the host so a device never needs the offsets to compute them.
+    pub position_ids: Vec<u32>,
+    /// Prefix sums of sequence lengths: sequence `s` is tokens
+    /// `cu_seqlens[s] .. cu_seqlens[s + 1]`.
+    pub cu_seqlens: Vec<u32>,
+    /// The longest sequence in the batch (for kernel launch shapes).
+    pub max_seq_len: usize,
+}
+
+impl TokenBatch {
+    /// An empty batch to push sequences into.
+    pub fn new() -> Self {
+        TokenBatch { cu_seqlens: vec![0], ..Default::default() }
+    }
+
+    /// Append one sequence (ids and type ids of equal length); positions are
+    /// 0..len.
+    pub fn push(&mut self, ids: &[u32], type_ids: &[u32]) {
+        debug_assert_eq!(ids.len(), type_ids.len());
+        if self.cu_seqlens.is_empty() {
+            self.cu_seqlens.push(0);
+        }
+        self.input_ids.extend_from_slice(ids);
+        self.token_type_ids.extend_from_slice(type_ids);
+        self.position_ids.extend(0..ids.len() as u32);
+        self.cu_seqlens.push(self.input_ids.len() as u32);
+        self.max_seq_len = self.max_seq_len.max(ids.len());
+    }
+
+    /// Number of sequences.
+    pub fn n_seqs(&self) -> usize {
+        self.cu_seqlens.len().saturating_sub(1)
+    }
+
+    /// Number of tokens, all sequences together.
+    pub fn total_tokens(&self) -> usize {
+        self.input_ids.len()
+    }
+
+    /// Token range of sequence `s`.
+    pub fn seq_range(&self, s: usize) -> std::ops::Range<usize> {
+        self.cu_seqlens[s] as usize..self.cu_seqlens[s + 1] as usize
+    }
+
+    /// Check the invariants above and that ids fit the model's tables.
+    pub fn validate(&self, vocab_size: usize, type_vocab_size: usize, max_positions: usize) -> Result<()> {
+        let t = self.input_ids.len();
+        if self.token_type_ids.len() != t || self.position_ids.len() != t {
+            return Err(err!(Internal, "token batch: ids, type ids and positions differ in length"));
+        }
+        if self.cu_seqlens.first() != Some(&0) || self.cu_seqlens.last().map(|&x| x as usize) != Some(t) {
+            return Err(err!(Internal, "token batch: cu_seqlens must start at 0 and end at {t}"));
+        }
+        let mut max_len = 0;
+        for w in self.cu_seqlens.windows(2) {
+            if w[1] <= w[0] {
+                return Err(err!(Internal, "token batch: empty or decreasing sequence in cu_seqlens"));
+            }
+            max_len = max_len.max((w[1] - w[0]) as usize);
+        }
+        if max_len != self.max_seq_len {
+            return Err(err!(Internal, "token batch: max_seq_len {} but longest sequence is {max_len}", self.max_seq_len));
+        }
+        if let Some(&bad) = self.input_ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(err!(Internal, "token batch: token id {bad} outside the vocabulary ({vocab_size})"));
+        }
+        if let Some(&bad) = self.token_type_ids.iter().find(|&&id| id as usize >= type_vocab_size) {
+            return Err(err!(Internal, "token batch: token type {bad} outside type_vocab_size {type_vocab_size}"));
+        }
+        if let Some(&bad) = self.position_ids.iter().find(|&&p| p as usize >= max_positions) {
+            return Err(err!(Internal, "token batch: position {bad} outside max_position_embeddings {max_positions}"));
+        }
+        Ok(())
+    }
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOutput {
+    /// Pooled sentence vectors, `[n_seqs, hidden]` row-major, not normalized.
+    pub pooled: Vec<f32>,
+    /// The encoder's last hidden state `[total_tokens, hidden]` (packed like
+    /// the input), only when asked for.
+    pub last_hidden: Option<Vec<f32>>,
+    /// The hidden size (row length of both outputs).
+    pub hidden: usize,
+}
+
+/// A compute backend for the BERT encoder. See the module docs for the
+/// contract.
+pub trait Backend: Send + Sync {
+    /// `"cpu"` or `"cuda"` (reported in job results and health).
+    fn name(&self) -> &'static str;
+
+    /// Run the encoder on a packed batch and pool each sequence.
+    /// `want_last_hidden` also returns the last hidden state.
+    fn forward(&self, batch: &TokenBatch, want_last_hidden: bool) -> Result<ForwardOutput>;
+}
