@@ -1,0 +1,1 @@
+//! External worker process adapter (being written).
