@@ -1,1 +1,288 @@
-//! (filled by its issue)
+//! The batching queue: an actor on its own OS thread that merges concurrent
+//! embed calls into packed batches and runs them on a [`Backend`].
+//!
+//! Modelled on text-embeddings-inference `core/src/queue.rs`: callers send
+//! already-tokenized requests through a channel; the actor drains everything
+//! that arrived, fills one batch up to a token budget in arrival order, runs
+//! it, answers finished requests, and loops. While a batch computes, new
+//! requests accumulate, so load turns into bigger batches by itself (dynamic
+//! batching) with no timer.
+//!
+//! Limits (all in [`BatcherLimits`]):
+//! - `max_batch_tokens`: tokens per forward pass, all sequences together.
+//!   Sequences are packed (no padding), so a batch costs what its tokens
+//!   cost: long and short texts share a batch without padding waste. A
+//!   request may be split over several batches; one sequence is never split
+//!   (the budget is raised to at least the model's max tokens).
+//! - `max_batch_seqs`: sequences per forward pass.
+//! - `max_queued_texts`: texts accepted but not yet computing. A request that
+//!   would exceed it is rejected at once with `E_OVERLOADED` (back-pressure
+//!   instead of unbounded memory and latency).
+//!
+//! Cancelled requests (their `CancellationToken` fired, or the caller
+//! dropped the future) are skipped before each batch is formed; texts of a
+//! cancelled request already inside a running batch finish and are dropped.
+//!
+//! Failure: the forward call runs under `catch_unwind`; an error or a panic
+//! fails exactly the requests that had texts in that batch (a panic becomes
+//! `E_INTERNAL`). If the actor thread itself ever died, every pending reply
+//! channel would be dropped and callers get `E_INTERNAL`, never a hang.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, TokenBatch};
+use crate::err;
+use crate::error::{CoreError, Result};
+use crate::model::tokenizer::Encoded;
+
+/// Queue limits; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatcherLimits {
+    pub max_batch_tokens: usize,
+    pub max_batch_seqs: usize,
+    pub max_queued_texts: usize,
+}
+
+impl Default for BatcherLimits {
+    fn default() -> Self {
+        // 16,384 tokens is TEI's default budget; on the CPU it keeps the
+        // activations of one batch near 100 MB (FFN: tokens × 1536 × 4 B).
+        BatcherLimits { max_batch_tokens: 16_384, max_batch_seqs: 1_024, max_queued_texts: 65_536 }
+    }
+}
+
+/// Queue occupancy, for health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Texts accepted and waiting (not yet in a running batch).
+    pub depth: usize,
+    /// Texts inside the batch that is computing now.
+    pub in_flight: usize,
+}
+
+/// The pooled, not yet normalized vector of each text of a request, in
+/// request order.
+pub type BatchReply = Result<Vec<Vec<f32>>>;
+
+struct Request {
+    seqs: Vec<Encoded>,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<BatchReply>,
+}
+
+struct Counters {
+    depth: AtomicUsize,
+    in_flight: AtomicUsize,
+}
+
+/// Handle to the actor. Dropping it stops the actor once queued work is done.
+pub struct Batcher {
+    tx: mpsc::Sender<Request>,
+    counters: Arc<Counters>,
+    limits: BatcherLimits,
+}
+
+impl Batcher {
+    /// Start the actor thread. `max_seq_len` is the model's token limit per
+    /// sequence (the token budget is raised to at least that).
+    pub fn start(backend: Arc<dyn Backend>, mut limits: BatcherLimits, max_seq_len: usize) -> Result<Batcher> {
+        limits.max_batch_tokens = limits.max_batch_tokens.max(max_seq_len).max(1);
+        limits.max_batch_seqs = limits.max_batch_seqs.max(1);
+        limits.max_queued_texts = limits.max_queued_texts.max(1);
+        let (tx, rx) = mpsc::channel::<Request>();
+        let counters = Arc::new(Counters { depth: AtomicUsize::new(0), in_flight: AtomicUsize::new(0) });
+        let actor = Actor { rx, backend, limits, counters: counters.clone(), queue: VecDeque::new() };
+        std::thread::Builder::new()
+            .name("cuda-engine-batcher".into())
+            .spawn(move || actor.run())
+            .map_err(|e| err!(Internal, "cannot start the batcher thread: {e}"))?;
+        Ok(Batcher { tx, counters, limits })
+    }
+
+    /// The effective limits.
+    pub fn limits(&self) -> BatcherLimits {
+        self.limits
+    }
+
+    /// Current occupancy.
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            depth: self.counters.depth.load(Ordering::Relaxed),
+            in_flight: self.counters.in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queue tokenized texts and wait for their pooled vectors (request
+    /// order). `E_OVERLOADED` when the queue is full, `E_CANCELLED` when
+    /// `cancel` fires first.
+    pub async fn submit(&self, seqs: Vec<Encoded>, cancel: CancellationToken) -> BatchReply {
+        let n = seqs.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if cancel.is_cancelled() {
+            return Err(CoreError::cancelled());
+        }
+        let max = self.limits.max_queued_texts;
+        self.counters
+            .depth
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| (d + n <= max).then_some(d + n))
+            .map_err(|d| {
+                err!(Overloaded, "embedding queue is full: {d} texts waiting, this call adds {n}, limit {max} (maxQueuedTexts)")
+            })?;
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request { seqs, cancel: cancel.clone(), reply }).is_err() {
+            self.counters.depth.fetch_sub(n, Ordering::AcqRel);
+            return Err(err!(Internal, "the embedding batcher has stopped"));
+        }
+        tokio::select! {
+            r = rx => r.unwrap_or_else(|_| Err(err!(Internal, "the embedding batcher dropped the request (it stopped or panicked)"))),
+            _ = cancel.cancelled() => Err(CoreError::cancelled()),
+        }
+    }
+}
+
+struct Pending {
+    req: Request,
+    /// Next sequence to put in a batch.
+    next: usize,
+    /// Sequences computed so far.
+    done: usize,
+    out: Vec<Vec<f32>>,
+    failed: bool,
+}
+
+struct Actor {
+    rx: mpsc::Receiver<Request>,
+    backend: Arc<dyn Backend>,
+    limits: BatcherLimits,
+    counters: Arc<Counters>,
+    queue: VecDeque<Pending>,
+}
+
+impl Actor {
+    fn push(&mut self, req: Request) {
+        let n = req.seqs.len();
+        self.queue.push_back(Pending { req, next: 0, done: 0, out: vec![Vec::new(); n], failed: false });
+    }
+
+    fn run(mut self) {
+        loop {
+            if self.queue.is_empty() {
+                match self.rx.recv() {
+                    Ok(r) => self.push(r),
+                    Err(_) => return, // every Batcher handle is gone and nothing is queued
+                }
+            }
+            while let Ok(r) = self.rx.try_recv() {
+                self.push(r);
+            }
+            self.drop_cancelled();
+            self.run_one_batch();
+        }
+    }
+
+    /// Remove requests whose caller gave up, releasing their queue slots.
+    fn drop_cancelled(&mut self) {
+        let counters = &self.counters;
+        self.queue.retain_mut(|p| {
+            let gone = p.req.cancel.is_cancelled() || p.req.reply.is_closed();
+            if gone {
+                counters.depth.fetch_sub(p.req.seqs.len() - p.next, Ordering::AcqRel);
+            }
+            !gone
+        });
+    }
+
+    fn run_one_batch(&mut self) {
+        let mut batch = TokenBatch::new();
+        // (queue index, sequence index) of each batch row.
+        let mut owners: Vec<(usize, usize)> = Vec::new();
+        let mut tokens = 0usize;
+        'fill: for (qi, p) in self.queue.iter_mut().enumerate() {
+            while p.next < p.req.seqs.len() {
+                let s = &p.req.seqs[p.next];
+                let len = s.ids.len();
+                if !owners.is_empty()
+                    && (tokens + len > self.limits.max_batch_tokens || owners.len() >= self.limits.max_batch_seqs)
+                {
+                    break 'fill;
+                }
+                batch.push(&s.ids, &s.type_ids);
+                owners.push((qi, p.next));
+                p.next += 1;
+                tokens += len;
+            }
+        }
+        if owners.is_empty() {
+            return;
+        }
+        let n = owners.len();
+        self.counters.depth.fetch_sub(n, Ordering::AcqRel);
+        self.counters.in_flight.fetch_add(n, Ordering::AcqRel);
+        let backend = &self.backend;
+        let result = catch_unwind(AssertUnwindSafe(|| backend.forward(&batch, false)))
+            .unwrap_or_else(|p| Err(CoreError::from_panic(p, "embedding backend")));
+        self.counters.in_flight.fetch_sub(n, Ordering::AcqRel);
+
+        match result {
+            Ok(out) if out.pooled.len() == n * out.hidden => {
+                for (row, &(qi, si)) in owners.iter().enumerate() {
+                    if let Some(p) = self.queue.get_mut(qi) {
+                        p.out[si] = out.pooled[row * out.hidden..(row + 1) * out.hidden].to_vec();
+                        p.done += 1;
+                    }
+                }
+            }
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    Ok(out) => err!(Internal, "backend returned {} values for {n} sequences", out.pooled.len()),
+                };
+                let mut failed: Vec<usize> = owners.iter().map(|&(qi, _)| qi).collect();
+                failed.dedup();
+                for qi in failed {
+                    if let Some(p) = self.queue.get_mut(qi) {
+                        if !p.failed {
+                            p.failed = true;
+                            let (tx, _) = oneshot::channel();
+                            let reply = std::mem::replace(&mut p.req.reply, tx);
+                            let _ = reply.send(Err(e.clone_flat()));
+                        }
+                    }
+                }
+            }
+        }
+        self.finish();
+    }
+
+    /// Answer finished requests and drop failed ones.
+    fn finish(&mut self) {
+        let counters = &self.counters;
+        let mut i = 0;
+        while i < self.queue.len() {
+            let (complete, failed) = {
+                let p = &self.queue[i];
+                (p.done == p.req.seqs.len(), p.failed)
+            };
+            if complete || failed {
+                if let Some(p) = self.queue.remove(i) {
+                    if failed {
+                        counters.depth.fetch_sub(p.req.seqs.len() - p.next, Ordering::AcqRel);
+                    } else {
+                        let _ = p.req.reply.send(Ok(p.out));
+                    }
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
