@@ -1,1 +1,318 @@
-fn main() {}
+//! `cuda-worker`: the cuda-engine behind the worker protocol
+//! (docs/worker-protocol.md).
+//!
+//! - `cuda-worker` (one-shot): read one request from stdin until EOF, write
+//!   one response to stdout, exit 0. Job failures are `ok: false` replies,
+//!   not exit codes: a non-zero exit means the worker itself broke.
+//! - `cuda-worker --serve` (persistent): NDJSON requests with ids (binary
+//!   frames for raw bytes), many in flight, replies in completion order;
+//!   exits when stdin closes and the jobs in flight have answered.
+//!
+//! Jobs run through `cuda_engine_core::engine::Engine`, so the worker runs
+//! exactly the job types the addon runs. Unknown types get an
+//! `E_UNKNOWN_TYPE` reply.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use cuda_engine_core::engine::{CallOptions, Engine, EngineOptions, EnvelopeInput};
+use cuda_engine_core::envelope::{Payload, RawEnvelope};
+use cuda_engine_core::err;
+use cuda_engine_core::error::Result;
+use cuda_engine_core::jobs::{JobOutput, Target};
+use cuda_engine_core::worker::protocol::{self, BinaryFormat, Request, FRAME_HEADER_LEN, FRAME_TAG};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "usage: cuda-worker [--serve] [--options JSON]
+  (no flag)       one-shot: one request on stdin, one response on stdout
+  --serve         persistent: NDJSON requests with ids until stdin closes
+  --options JSON  EngineOptions as JSON (e.g. {\"device\":\"cpu\"})
+  --version       print the version";
+
+type Outcome = Result<(JobOutput, &'static str)>;
+
+fn main() -> ExitCode {
+    let mut serve = false;
+    let mut options = Value::Null;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--serve" => serve = true,
+            "--options" => match args.next().map(|s| serde_json::from_str::<Value>(&s)) {
+                Some(Ok(v)) => options = v,
+                _ => return usage_error("--options needs a JSON object"),
+            },
+            "--version" => {
+                println!("cuda-worker {}", cuda_engine_core::VERSION);
+                return ExitCode::SUCCESS;
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            other => return usage_error(&format!("unknown argument {other:?}")),
+        }
+    }
+    let mut opts = match EngineOptions::from_json(&options) {
+        Ok(o) => o,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    // A worker never proxies to another worker.
+    opts.worker = None;
+    let engine = match Engine::open(opts) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cuda-worker: cannot open the engine: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Current-thread: the protocol I/O is cheap and the engine has its own
+    // compute threads; one thread avoids cross-thread wake-ups per job.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let code = rt.block_on(async move {
+        if serve {
+            serve_loop(engine).await
+        } else {
+            oneshot(engine).await
+        }
+    });
+    ExitCode::from(code)
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("cuda-worker: {msg}\n{USAGE}");
+    ExitCode::from(64)
+}
+
+/// Turn a protocol request into the engine's envelope input.
+fn to_input(req: Request) -> EnvelopeInput {
+    let mut raw = RawEnvelope { id: req.job_id, job_type: Some(req.job_type), ..RawEnvelope::default() };
+    match req.payload {
+        Payload::Json(v) => raw.payload = Some(v),
+        Payload::Bytes(b) => {
+            raw.payload_bytes = Some(b);
+            raw.encoding = Some(req.encoding.as_str().to_string());
+        }
+    }
+    EnvelopeInput::Raw(raw)
+}
+
+async fn run_job(engine: &Engine, input: EnvelopeInput, cancel: CancellationToken) -> Outcome {
+    let call = CallOptions { timeout: None, cancel, target: Target::Local };
+    let result = engine.submit(input, call).await?;
+    Ok((result.output, result.encoding))
+}
+
+async fn write_out(bytes: &[u8]) -> u8 {
+    let mut out = tokio::io::stdout();
+    if out.write_all(bytes).await.is_err() || out.flush().await.is_err() {
+        return 1;
+    }
+    0
+}
+
+async fn oneshot(engine: Arc<Engine>) -> u8 {
+    let limit = engine.limits().max_envelope_bytes + 1024 * 1024;
+    let mut input = Vec::new();
+    let mut stdin = tokio::io::stdin().take(limit as u64 + 1);
+    if let Err(e) = stdin.read_to_end(&mut input).await {
+        eprintln!("cuda-worker: reading stdin: {e}");
+        return 1;
+    }
+    if input.len() > limit {
+        let e = err!(TooLarge, "the request is over {limit} bytes");
+        return write_out(&protocol::encode_response(None, &Err(e), None)).await;
+    }
+    let start = input.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(input.len());
+    let data = &input[start..];
+    let (parsed, format) = if data.first() == Some(&FRAME_TAG) {
+        match frame_request(data) {
+            Ok((fmt, req)) => (Ok(to_input(req)), Some(fmt)),
+            Err(e) => (Err(e), Some(BinaryFormat::Cbor)),
+        }
+    } else {
+        // A one-shot JSON request is an envelope: legacy callers may send
+        // `payload_b64`, which the engine decodes.
+        let parsed = serde_json::from_slice::<Value>(data)
+            .map_err(|e| err!(BadJson, "stdin is not a JSON request: {e}"))
+            .and_then(|mut v| {
+                if let Some(obj) = v.as_object_mut() {
+                    if let Some(job_id) = obj.remove("job_id") {
+                        obj.insert("id".into(), job_id);
+                    }
+                }
+                RawEnvelope::from_value(v)
+            })
+            .map(EnvelopeInput::Raw);
+        (parsed, None)
+    };
+    let outcome = match parsed {
+        Ok(input) => run_job(&engine, input, CancellationToken::new()).await,
+        Err(e) => Err(e),
+    };
+    write_out(&protocol::encode_response(None, &outcome, format)).await
+}
+
+fn frame_request(data: &[u8]) -> Result<(BinaryFormat, Request)> {
+    if data.len() < FRAME_HEADER_LEN {
+        return Err(err!(WorkerProtocol, "truncated frame header"));
+    }
+    let header: [u8; FRAME_HEADER_LEN] = data[..FRAME_HEADER_LEN].try_into().expect("6 bytes");
+    let (fmt, len) = protocol::parse_frame_header(&header).map_err(|e| err!(WorkerProtocol, "{e}"))?;
+    let body = &data[FRAME_HEADER_LEN..];
+    if body.len() != len {
+        return Err(err!(WorkerProtocol, "the frame announces {len} bytes but {} follow", body.len()));
+    }
+    let req = protocol::parse_frame_request(fmt, body).map_err(|e| err!(WorkerProtocol, "{e}"))?;
+    Ok((fmt, req))
+}
+
+/// A persistent-mode JSON line: `{"id":N,"cancel":true}` or a request,
+/// which is an envelope plus `id` (so `payload_b64` works here too) with
+/// the caller's own id in `job_id`.
+fn json_line(line: &[u8]) -> std::result::Result<(u64, bool, Result<EnvelopeInput>), String> {
+    let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON ({e})"))?;
+    let Value::Object(mut obj) = v else { return Err("not a JSON object".into()) };
+    let id = obj.remove("id").and_then(|v| v.as_u64()).ok_or("`id` is missing or not an unsigned integer")?;
+    if obj.get("cancel").and_then(Value::as_bool) == Some(true) {
+        return Ok((id, true, Err(err!(Cancelled, "cancel"))));
+    }
+    if let Some(job_id) = obj.remove("job_id") {
+        obj.insert("id".into(), job_id);
+    }
+    Ok((id, false, RawEnvelope::from_value(Value::Object(obj)).map(EnvelopeInput::Raw)))
+}
+
+enum Msg {
+    Line(Vec<u8>),
+    Frame(BinaryFormat, Vec<u8>),
+}
+
+async fn read_msg<R: tokio::io::AsyncRead + Unpin>(r: &mut BufReader<R>, max: usize) -> std::io::Result<Option<Msg>> {
+    use std::io::{Error, ErrorKind};
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        if buf[0].is_ascii_whitespace() {
+            r.consume(1);
+            continue;
+        }
+        if buf[0] == FRAME_TAG {
+            let mut h = [0u8; FRAME_HEADER_LEN];
+            r.read_exact(&mut h).await?;
+            let (fmt, len) = protocol::parse_frame_header(&h).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
+            if len > max {
+                return Err(Error::new(ErrorKind::InvalidData, format!("a {len}-byte frame is over the {max}-byte limit")));
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body).await?;
+            return Ok(Some(Msg::Frame(fmt, body)));
+        }
+        let mut line = Vec::new();
+        let n = (&mut *r).take(max as u64 + 1).read_until(b'\n', &mut line).await?;
+        if n > max {
+            return Err(Error::new(ErrorKind::InvalidData, format!("a line is over the {max}-byte limit")));
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        return Ok(Some(Msg::Line(line)));
+    }
+}
+
+async fn serve_loop(engine: Arc<Engine>) -> u8 {
+    let max = engine.limits().max_envelope_bytes + 1024 * 1024;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut w = BufWriter::with_capacity(64 * 1024, tokio::io::stdout());
+        'outer: while let Some(m) = rx.recv().await {
+            if w.write_all(&m).await.is_err() {
+                break;
+            }
+            // Group commit: replies that are ready go out in one flush.
+            while let Ok(m) = rx.try_recv() {
+                if w.write_all(&m).await.is_err() {
+                    break 'outer;
+                }
+            }
+            if w.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let jobs: Arc<Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut reader = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+    let mut code = 0u8;
+    loop {
+        let msg = match read_msg(&mut reader, max).await {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                // The stream cannot be resynchronised: stop reading, finish
+                // what is in flight, and exit non-zero so the supervisor
+                // sees the failure.
+                eprintln!("cuda-worker: unreadable input, stopping: {e}");
+                code = 1;
+                break;
+            }
+        };
+        // Reap finished tasks so the set does not grow without bound.
+        while tasks.try_join_next().is_some() {}
+        let (id, cancel, input, format) = match msg {
+            Msg::Line(l) => match json_line(&l) {
+                Ok(x) => (x.0, x.1, x.2, None),
+                Err(why) => {
+                    // Without a readable id there is nobody to reply to.
+                    eprintln!("cuda-worker: ignoring an invalid request: {why}");
+                    continue;
+                }
+            },
+            Msg::Frame(fmt, body) => match protocol::parse_frame_request(fmt, &body) {
+                Ok(req) => match req.id {
+                    Some(id) => (id, false, Ok(to_input(req)), Some(fmt)),
+                    None => {
+                        eprintln!("cuda-worker: ignoring a frame without `id` (required with --serve)");
+                        continue;
+                    }
+                },
+                Err(why) => {
+                    eprintln!("cuda-worker: ignoring an invalid frame: {why}");
+                    continue;
+                }
+            },
+        };
+        if cancel {
+            if let Some(t) = jobs.lock().unwrap().get(&id) {
+                t.cancel();
+            }
+            continue;
+        }
+        let input = match input {
+            Ok(i) => i,
+            Err(e) => {
+                // A bad envelope with a good id: answer it, keep serving.
+                let _ = tx.send(protocol::encode_response(Some(id), &Err(e), format));
+                continue;
+            }
+        };
+        let token = CancellationToken::new();
+        jobs.lock().unwrap().insert(id, token.clone());
+        let (engine, tx, jobs) = (engine.clone(), tx.clone(), jobs.clone());
+        tasks.spawn(async move {
+            let outcome = run_job(&engine, input, token).await;
+            jobs.lock().unwrap().remove(&id);
+            let _ = tx.send(protocol::encode_response(Some(id), &outcome, format));
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    drop(tx);
+    let _ = writer.await;
+    code
+}
