@@ -236,11 +236,22 @@ async fn write_task(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, stdin: ChildStdin,
             break;
         }
     }
-    if !rx.is_closed() && !proc.is_dead() {
-        // The pipe broke while the worker lives: it can no longer get jobs.
-        proc.kill_for(err!(WorkerProtocol, "worker pid {} closed its stdin", proc.pid));
+    if !rx.is_closed() {
+        // The pipe broke: usually the worker is exiting (the waiter reports
+        // that). One that closed stdin and lives on can get no more jobs.
+        let reason = err!(WorkerProtocol, "worker pid {} closed its stdin", proc.pid);
+        kill_unless_exiting(&proc, reason).await;
     }
     // Dropping `w` closes stdin: on shutdown that is the worker's cue to exit.
+}
+
+/// Give a worker whose pipe closed 250 ms to exit on its own (so the waiter
+/// reports its real exit status and stderr); kill it with `reason` if not.
+async fn kill_unless_exiting(proc: &Proc, reason: CoreError) {
+    let mut reaped = proc.reaped.clone();
+    if tokio::time::timeout(Duration::from_millis(250), reaped.wait_for(|r| *r)).await.is_err() {
+        proc.kill_for(reason);
+    }
 }
 
 enum ReadErr {
@@ -347,10 +358,11 @@ async fn read_task(stdout: ChildStdout, proc: Arc<Proc>, max: usize) {
         }
         // Unknown id: the job timed out or was cancelled; drop the late reply.
     }
-    // EOF: the worker closed stdout, so it cannot answer anything again.
-    if !proc.is_dead() {
-        proc.kill_for(err!(WorkerExit, "worker pid {} closed its stdout", proc.pid));
-    }
+    // EOF: usually the worker is exiting; let the waiter report it with the
+    // exit status and stderr. A worker that closed stdout and lives on can
+    // never answer again: kill it.
+    let reason = err!(WorkerExit, "worker pid {} closed its stdout", proc.pid);
+    kill_unless_exiting(&proc, reason).await;
 }
 
 async fn stderr_task(mut stderr: ChildStderr, proc: Arc<Proc>) {
