@@ -1,1 +1,167 @@
+//! N-API surface of cuda-engine: argument conversion, error mapping and the
+//! `Engine` class. All logic lives in `cuda-engine-core`.
 
+#![deny(clippy::all)]
+
+mod convert;
+mod error;
+mod task;
+
+use std::sync::Arc;
+
+use cuda_engine_core::engine::{Engine as CoreEngine, EngineOptions};
+use cuda_engine_core::envelope::Limits;
+use cuda_engine_core::CoreError;
+use napi::bindgen_prelude::*;
+use napi_derive::napi;
+use tokio::sync::OnceCell;
+
+use crate::convert::{call_options, envelope_input, job_result_to_js, json_to_js, JsVal, ParsedCall};
+use crate::task::spawn_job;
+
+/// The engine behind the module-level functions, opened on first use from
+/// the environment (CUDA_ENGINE_MODEL, CUDA_WORKER_PATH, ...).
+static DEFAULT_ENGINE: OnceCell<Arc<CoreEngine>> = OnceCell::const_new();
+
+async fn open_engine(options: EngineOptions) -> std::result::Result<Arc<CoreEngine>, CoreError> {
+    tokio::task::spawn_blocking(move || CoreEngine::open(options))
+        .await
+        .map_err(|e| CoreError::internal(format!("opening the engine failed: {e}")))?
+}
+
+async fn default_engine() -> std::result::Result<Arc<CoreEngine>, CoreError> {
+    DEFAULT_ENGINE
+        .get_or_try_init(|| open_engine(EngineOptions::default()))
+        .await
+        .cloned()
+}
+
+fn default_limits() -> Limits {
+    DEFAULT_ENGINE.get().map(|e| *e.limits()).unwrap_or_default()
+}
+
+/// Where a call goes: a specific engine, or the lazily opened default.
+#[derive(Clone)]
+enum EngineRef {
+    Default,
+    Open(Arc<CoreEngine>),
+}
+
+impl EngineRef {
+    async fn get(self) -> std::result::Result<Arc<CoreEngine>, CoreError> {
+        match self {
+            EngineRef::Default => default_engine().await,
+            EngineRef::Open(e) => Ok(e),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        match self {
+            EngineRef::Default => default_limits(),
+            EngineRef::Open(e) => *e.limits(),
+        }
+    }
+}
+
+fn submit_impl<'e>(
+    env: &'e Env,
+    engine: EngineRef,
+    envelope: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+    let raw_env = env.raw();
+    // Bad arguments reject the Promise (never throw synchronously).
+    let (parsed, bad_options) = match call_options(options.map(|o| JsVal::new(raw_env, o.value().value))) {
+        Ok(parsed) => (parsed, None),
+        Err(e) => (ParsedCall::default(), Some(e)),
+    };
+    let input = envelope_input(JsVal::new(raw_env, envelope.value().value), &engine.limits());
+    spawn_job(
+        env,
+        parsed,
+        move |call| async move {
+            if let Some(e) = bad_options {
+                return Err(e);
+            }
+            let input = input?;
+            engine.get().await?.submit(input, call).await
+        },
+        |env, result| Ok(job_result_to_js(env, result)?.to_unknown()),
+    )
+}
+
+fn health_impl<'e>(env: &'e Env, engine: EngineRef) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+    spawn_job(
+        env,
+        ParsedCall::default(),
+        move |_| async move {
+            let engine = engine.get().await?;
+            tokio::task::spawn_blocking(move || engine.health().to_json())
+                .await
+                .map_err(|e| CoreError::internal(format!("health check failed: {e}")))
+        },
+        |env, value| json_to_js(env, &value),
+    )
+}
+
+/// Run a job envelope: `{type, payload}` or `{type, payload_b64}`, given as an
+/// object, a JSON string or a Uint8Array. Resolves with a JobResult.
+#[napi(
+    catch_unwind,
+    ts_args_type = "envelope: Envelope | string | Uint8Array, options?: CallOptions",
+    ts_return_type = "Promise<JobResult>"
+)]
+pub fn submit<'e>(env: &'e Env, envelope: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+    submit_impl(env, EngineRef::Default, envelope, options)
+}
+
+/// Engine state: CUDA availability, devices, worker candidates, model, queue.
+#[napi(catch_unwind, ts_return_type = "Promise<Health>")]
+pub fn health(env: &Env) -> Result<PromiseRaw<'_, Unknown<'_>>> {
+    health_impl(env, EngineRef::Default)
+}
+
+/// An engine with its own options (model, device, worker, limits).
+/// The module-level functions use a default engine opened from the environment.
+#[napi]
+pub struct Engine {
+    inner: Arc<CoreEngine>,
+}
+
+#[napi]
+impl Engine {
+    /// Open an engine. Rejects with a coded error for bad options, a missing
+    /// model, or `device: 'cuda'` where CUDA is unavailable.
+    #[napi(catch_unwind, ts_args_type = "options?: EngineOptions", ts_return_type = "Promise<Engine>")]
+    pub fn open<'e>(env: &'e Env, options: Option<serde_json::Value>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+        let options = EngineOptions::from_json(&options.unwrap_or(serde_json::Value::Null));
+        spawn_job(
+            env,
+            ParsedCall::default(),
+            move |_| async move { open_engine(options?).await },
+            |env, inner| Ok(Engine { inner }.into_instance(env)?.as_object(env).to_unknown()),
+        )
+    }
+
+    #[napi(
+        catch_unwind,
+        ts_args_type = "envelope: Envelope | string | Uint8Array, options?: CallOptions",
+        ts_return_type = "Promise<JobResult>"
+    )]
+    pub fn submit<'e>(&self, env: &'e Env, envelope: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+        submit_impl(env, EngineRef::Open(self.inner.clone()), envelope, options)
+    }
+
+    #[napi(catch_unwind, ts_return_type = "Promise<Health>")]
+    pub fn health<'e>(&self, env: &'e Env) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+        health_impl(env, EngineRef::Open(self.inner.clone()))
+    }
+
+    /// Stop accepting work; in-flight jobs finish or are cancelled; resources
+    /// (worker processes, GPU memory) are released. Idempotent.
+    #[napi(catch_unwind)]
+    pub async fn close(&self) -> Result<()> {
+        self.inner.close().await;
+        Ok(())
+    }
+}

@@ -212,10 +212,14 @@ impl Engine {
     /// AbortSignal and target.
     pub async fn submit(&self, input: EnvelopeInput, call: CallOptions) -> Result<JobResult> {
         let _slot = self.admit()?;
-        let start = Instant::now();
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
         }
+        with_deadline(self.decode_and_run(input, &call), &call, ErrorCode::Timeout).await
+    }
+
+    async fn decode_and_run(&self, input: EnvelopeInput, call: &CallOptions) -> Result<JobResult> {
+        let start = Instant::now();
         let limits = self.options.limits;
         let envelope = if input.approx_len() > INLINE_DECODE_BYTES {
             tokio::task::spawn_blocking(move || input.decode(&limits))
@@ -226,7 +230,7 @@ impl Engine {
         };
         let decoded_at = Instant::now();
         let job = JobType::parse(&envelope.job_type);
-        let mut result = with_deadline(self.run(job, envelope, &call), &call, ErrorCode::Timeout).await?;
+        let mut result = self.run(job, envelope, call).await?;
         let end = Instant::now();
         result.timings.decode = ms(decoded_at - start);
         result.timings.total = ms(end - start);

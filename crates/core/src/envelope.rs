@@ -450,3 +450,98 @@ pub fn value_to_cbor(value: &Value) -> Result<Vec<u8>> {
 pub fn value_to_msgpack(value: &Value) -> Result<Vec<u8>> {
     rmp_serde::to_vec_named(value).map_err(|e| CoreError::internal(format!("MessagePack encoding failed: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn decode(text: &str) -> Result<Envelope> {
+        decode_bytes(text.as_bytes(), &limits())
+    }
+
+    #[test]
+    fn base64_flavours_decode_to_the_same_bytes() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        use base64::Engine as _;
+        let std = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
+        let wrapped: String = std.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\r\n");
+        for text in [std.clone(), std.trim_end_matches('=').to_string(), url, wrapped, format!("  {std}\n")] {
+            assert_eq!(decode_base64(&text, "payload_b64").unwrap(), bytes, "{text:.20}");
+        }
+    }
+
+    #[test]
+    fn base64_errors_name_field_and_original_offset() {
+        let e = decode_base64("ab\n\ncd$f", "payload_b64").unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadBase64);
+        assert!(e.message.contains("`payload_b64`") && e.message.contains("offset 6"), "{}", e.message);
+        let e = decode_base64("ab=c", "payload_b64").unwrap_err();
+        assert!(e.message.contains("padding"), "{}", e.message);
+        let e = decode_base64("abcde", "payload_b64").unwrap_err();
+        assert!(e.message.contains("length"), "{}", e.message);
+        let e = decode_base64("a+b-", "payload_b64").unwrap_err();
+        assert!(e.message.contains("mixes"), "{}", e.message);
+        assert_eq!(decode_base64("", "payload_b64").unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn payload_or_payload_b64_exactly_one() {
+        let both = decode(r#"{"type":"echo","payload":{},"payload_b64":"e30="}"#).unwrap_err();
+        assert_eq!(both.code, ErrorCode::Envelope);
+        assert!(both.message.contains("both"));
+        let neither = decode(r#"{"type":"echo"}"#).unwrap_err();
+        assert!(neither.message.contains("neither"));
+        let no_type = decode(r#"{"payload":1}"#).unwrap_err();
+        assert!(no_type.message.contains("`type` is missing"));
+        let not_obj = decode("[1]").unwrap_err();
+        assert_eq!(not_obj.code, ErrorCode::Envelope);
+    }
+
+    #[test]
+    fn sniffing_json_vs_raw() {
+        let env = decode(r#"{"id":"a","type":"echo","payload_b64":"eyJ0ZXh0IjoiaGVsbG8gd29ybGQifQ=="}"#).unwrap();
+        assert_eq!(env.payload, Payload::Json(json!({"text": "hello world"})));
+        assert_eq!(env.encoding, Encoding::Json);
+        assert_eq!(env.id.as_deref(), Some("a"));
+        // "{" followed by garbage is raw, not an error.
+        let env = decode(r#"{"type":"echo","payload_b64":"e2dhcmJhZ2U="}"#).unwrap();
+        assert_eq!(env.payload, Payload::Bytes(b"{garbage".to_vec()));
+        assert_eq!(env.encoding, Encoding::Raw);
+        // Forcing JSON on non-JSON is E_BAD_JSON.
+        let e = decode(r#"{"type":"echo","encoding":"json","payload_b64":"e2dhcmJhZ2U="}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadJson);
+    }
+
+    #[test]
+    fn cbor_and_msgpack_round_trip() {
+        let value = json!({"a": 1, "b": [true, null, "x"], "c": {"d": 2.5}});
+        let cbor = value_to_cbor(&value).unwrap();
+        assert_eq!(cbor_to_value(&cbor, "p").unwrap(), value);
+        let mp = value_to_msgpack(&value).unwrap();
+        assert_eq!(msgpack_to_value(&mp, "p").unwrap(), value);
+        let (p, enc) = decode_payload_bytes(cbor, Some(Encoding::Cbor), &limits(), "payload_b64").unwrap();
+        assert_eq!((p, enc), (Payload::Json(value), Encoding::Cbor));
+        assert_eq!(msgpack_to_value(&[0xc1], "p").unwrap_err().code, ErrorCode::Decode);
+    }
+
+    #[test]
+    fn limits_apply_before_parsing() {
+        let small = Limits { max_envelope_bytes: 16, max_json_depth: 4 };
+        let e = decode_bytes(b"{ this is not even json ...", &small).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let e = parse_json(deep.as_bytes(), &limits(), "envelope").unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooDeep);
+        // Brackets inside strings do not count.
+        let s = format!("[\"{}\"]", "[".repeat(1000));
+        assert!(parse_json(s.as_bytes(), &limits(), "envelope").is_ok());
+        assert_eq!(depth_exceeded_at(b"[[[[[1]]]]]", 4), Some(4));
+        assert_eq!(value_depth(&json!([[1], {"a": [[]]}])), 4);
+    }
+}

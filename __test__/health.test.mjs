@@ -1,0 +1,41 @@
+// health(): the DESIGN.md shape, and cuda_available that tells the truth.
+import test from 'node:test'
+import assert from 'node:assert/strict'
+import fs from 'node:fs'
+import { addon } from './helpers.mjs'
+
+/** Does this machine have an NVIDIA driver we could use? (independent check) */
+function hostHasCudaDriver() {
+  const dirs = ['/usr/lib/x86_64-linux-gnu', '/usr/lib64', '/usr/local/nvidia/lib64', '/usr/lib/wsl/lib']
+  return fs.existsSync('/dev/nvidiactl') && dirs.some((d) => fs.existsSync(`${d}/libcuda.so.1`) || fs.existsSync(`${d}/libcuda.so`))
+}
+
+test('health() has the documented shape', async () => {
+  const h = await addon.health()
+  for (const key of ['status', 'version', 'cuda_available', 'backend', 'cuda_path', 'worker', 'devices', 'model', 'queue', 'errors']) {
+    assert.ok(key in h, `health().${key} is missing`)
+  }
+  assert.match(h.status, /^(ok|degraded|error)$/)
+  assert.equal(h.version, JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url))).version)
+  assert.equal(typeof h.cuda_available, 'boolean')
+  assert.ok(Array.isArray(h.cuda_path))
+  assert.ok(Array.isArray(h.devices))
+  assert.ok(Array.isArray(h.errors))
+  assert.equal(typeof h.queue.depth, 'number')
+  assert.equal(typeof h.queue.in_flight, 'number')
+  for (const k of ['path', 'source', 'mode', 'running', 'restarts']) assert.ok(k in h.worker, `worker.${k}`)
+})
+
+test('cuda_available matches the machine', async () => {
+  const h = await addon.health()
+  if (hostHasCudaDriver()) {
+    assert.equal(h.cuda_available, true, `driver present but: ${h.errors.join('; ')}`)
+    assert.ok(h.devices.length >= 1)
+    assert.match(h.devices[0].compute_capability, /^\d+\.\d+$/)
+    assert.ok(h.devices[0].memory_total > 0)
+  } else {
+    assert.equal(h.cuda_available, false)
+    assert.deepEqual(h.devices, [])
+    assert.ok(h.errors.some((e) => e.startsWith('cuda:')), 'health says why CUDA is unavailable')
+  }
+})
