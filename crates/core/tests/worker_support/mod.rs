@@ -32,9 +32,9 @@ pub fn cuda_worker_bin() -> PathBuf {
         assert!(out.status.success(), "cargo build -p cuda-worker failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
+            .rev()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .last()
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
             .expect("cargo reported no cuda-worker executable")
     })
     .clone()
