@@ -74,6 +74,13 @@ export interface EngineOptions {
   [key: string]: unknown
 }
 
+export interface EmbedOptions extends CallOptions {
+  /** L2-normalize; default: as the model's modules say (all-MiniLM-L6-v2: true). */
+  normalize?: boolean
+  /** Truncate texts over the model's max tokens (default true); false: `E_TOO_LONG` naming the text's index. */
+  truncate?: boolean
+}
+
 
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
@@ -94,6 +101,7 @@ export declare class Engine {
    */
   static open(options?: EngineOptions): Promise<Engine>
   submit(envelope: Envelope | string | Uint8Array, options?: CallOptions): Promise<JobResult>
+  embed(input: string | string[], options?: EmbedOptions): Promise<Float32Array | Float32Array[]>
   health(): Promise<Health>
   /**
    * Stop accepting work; in-flight jobs finish or are cancelled; resources
@@ -101,6 +109,27 @@ export declare class Engine {
    */
   close(): Promise<void>
 }
+
+/** Every candidate discovery checks, in order (what `health().cuda_path` shows). */
+export declare function discoveryCandidates(options?: { baseDir?: string }): Array<string>
+
+export interface DiscoveryOptions {
+  /** Base directory for relative candidates (default: process.cwd()). */
+  baseDir?: string
+}
+
+/**
+ * Embed one text (resolves to a Float32Array) or many (Float32Array[], in
+ * order) with the engine's model.
+ */
+export declare function embed(input: string | string[], options?: EmbedOptions): Promise<Float32Array | Float32Array[]>
+
+/**
+ * The worker that the shared discovery rules pick (docs/discovery.md), or
+ * null when the search finds none. Throws `E_WORKER_NOT_FOUND` when
+ * CUDA_WORKER_PATH is set but unusable (never a silent fallback).
+ */
+export declare function findCudaWorkerPath(options?: { baseDir?: string }): string | null
 
 /** Engine state: CUDA availability, devices, worker candidates, model, queue. */
 export declare function health(): Promise<Health>

@@ -836,5 +836,8 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.Engine = nativeBinding.Engine
+module.exports.discoveryCandidates = nativeBinding.discoveryCandidates
+module.exports.embed = nativeBinding.embed
+module.exports.findCudaWorkerPath = nativeBinding.findCudaWorkerPath
 module.exports.health = nativeBinding.health
 module.exports.submit = nativeBinding.submit

@@ -136,14 +136,14 @@ impl JsVal {
         Ok(out)
     }
 
-    fn array_len(&self) -> Result<u32> {
+    pub fn array_len(&self) -> Result<u32> {
         let mut n = 0u32;
         // SAFETY: raw is an array (checked by the caller).
         status(unsafe { sys::napi_get_array_length(self.env, self.raw, &mut n) }, "an array")?;
         Ok(n)
     }
 
-    fn element(&self, i: u32) -> Result<JsVal> {
+    pub fn element(&self, i: u32) -> Result<JsVal> {
         let mut out = ptr::null_mut();
         // SAFETY: raw is an array/object.
         status(unsafe { sys::napi_get_element(self.env, self.raw, i, &mut out) }, "an array element")?;

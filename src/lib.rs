@@ -4,11 +4,13 @@
 #![deny(clippy::all)]
 
 mod convert;
+mod embed;
 mod error;
 mod task;
 
 use std::sync::Arc;
 
+use cuda_engine_core::discovery::{self, DiscoveryEnv};
 use cuda_engine_core::engine::{Engine as CoreEngine, EngineOptions};
 use cuda_engine_core::envelope::Limits;
 use cuda_engine_core::CoreError;
@@ -17,6 +19,7 @@ use napi_derive::napi;
 use tokio::sync::OnceCell;
 
 use crate::convert::{call_options, envelope_input, job_result_to_js, json_to_js, JsVal, ParsedCall};
+use crate::error::to_napi;
 use crate::task::spawn_job;
 
 /// The engine behind the module-level functions, opened on first use from
@@ -90,6 +93,35 @@ fn submit_impl<'e>(
     )
 }
 
+fn embed_impl<'e>(
+    env: &'e Env,
+    engine: EngineRef,
+    input: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+    let raw_env = env.raw();
+    let options = options.map(|o| JsVal::new(raw_env, o.value().value));
+    let (parsed, bad_options) = match call_options(options) {
+        Ok(parsed) => (parsed, None),
+        Err(e) => (ParsedCall::default(), Some(e)),
+    };
+    let request = embed::embed_input(JsVal::new(raw_env, input.value().value))
+        .and_then(|input| Ok((input, embed::embed_options(options)?)));
+    let single = request.as_ref().map_or(false, |(i, _)| i.single);
+    spawn_job(
+        env,
+        parsed,
+        move |call| async move {
+            if let Some(e) = bad_options {
+                return Err(e);
+            }
+            let (input, opts) = request?;
+            engine.get().await?.embed(input.texts, opts, call).await
+        },
+        move |env, vectors| embed::vectors_to_js(env, vectors, single),
+    )
+}
+
 fn health_impl<'e>(env: &'e Env, engine: EngineRef) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     spawn_job(
         env,
@@ -113,6 +145,52 @@ fn health_impl<'e>(env: &'e Env, engine: EngineRef) -> Result<PromiseRaw<'e, Unk
 )]
 pub fn submit<'e>(env: &'e Env, envelope: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     submit_impl(env, EngineRef::Default, envelope, options)
+}
+
+/// Embed one text (resolves to a Float32Array) or many (Float32Array[], in
+/// order) with the engine's model.
+#[napi(
+    catch_unwind,
+    ts_args_type = "input: string | string[], options?: EmbedOptions",
+    ts_return_type = "Promise<Float32Array | Float32Array[]>"
+)]
+pub fn embed<'e>(env: &'e Env, input: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+    embed_impl(env, EngineRef::Default, input, options)
+}
+
+/// The worker that the shared discovery rules pick (docs/discovery.md), or
+/// null when the search finds none. Throws `E_WORKER_NOT_FOUND` when
+/// CUDA_WORKER_PATH is set but unusable (never a silent fallback).
+#[napi(catch_unwind, ts_args_type = "options?: { baseDir?: string }")]
+pub fn find_cuda_worker_path(env: &Env, options: Option<DiscoveryOptions>) -> Result<Option<String>> {
+    let base = discovery_base(options).map_err(|e| to_napi(env, e))?;
+    let denv = DiscoveryEnv::from_process();
+    match discovery::find_worker(&base, &denv) {
+        Ok((path, _)) => Ok(Some(path.display().to_string())),
+        Err(_) if std::env::var_os("CUDA_WORKER_PATH").map_or(true, |v| v.is_empty()) => Ok(None),
+        Err(e) => Err(to_napi(env, e)),
+    }
+}
+
+/// Every candidate discovery checks, in order (what `health().cuda_path` shows).
+#[napi(catch_unwind, ts_args_type = "options?: { baseDir?: string }")]
+pub fn discovery_candidates(env: &Env, options: Option<DiscoveryOptions>) -> Result<Vec<String>> {
+    let base = discovery_base(options).map_err(|e| to_napi(env, e))?;
+    Ok(discovery::candidates(&base, &DiscoveryEnv::from_process()).iter().map(|p| p.display().to_string()).collect())
+}
+
+#[napi(object)]
+pub struct DiscoveryOptions {
+    /// Base directory for relative candidates (default: process.cwd()).
+    pub base_dir: Option<String>,
+}
+
+fn discovery_base(options: Option<DiscoveryOptions>) -> std::result::Result<std::path::PathBuf, CoreError> {
+    let cwd = std::env::current_dir().map_err(|e| CoreError::internal(format!("cannot read the current directory: {e}")))?;
+    Ok(match options.and_then(|o| o.base_dir) {
+        Some(b) => cwd.join(b),
+        None => cwd,
+    })
 }
 
 /// Engine state: CUDA availability, devices, worker candidates, model, queue.
@@ -150,6 +228,15 @@ impl Engine {
     )]
     pub fn submit<'e>(&self, env: &'e Env, envelope: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
         submit_impl(env, EngineRef::Open(self.inner.clone()), envelope, options)
+    }
+
+    #[napi(
+        catch_unwind,
+        ts_args_type = "input: string | string[], options?: EmbedOptions",
+        ts_return_type = "Promise<Float32Array | Float32Array[]>"
+    )]
+    pub fn embed<'e>(&self, env: &'e Env, input: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+        embed_impl(env, EngineRef::Open(self.inner.clone()), input, options)
     }
 
     #[napi(catch_unwind, ts_return_type = "Promise<Health>")]

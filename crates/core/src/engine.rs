@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::discovery::{self, DiscoveryEnv};
 use crate::envelope::{self, Envelope, Limits, Payload, RawEnvelope};
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
 use crate::health::{Health, QueueHealth, Status};
 use crate::jobs::{BackendKind, JobOutput, JobResult, JobType, Target, Timings};
+use crate::model::{EmbedOptions, Embedder, EmbedderOptions};
+use crate::worker::{Worker, WorkerConfig, WorkerMode};
 
 /// Envelopes bigger than this are decoded on a blocking thread so a 64 MiB
 /// base64 payload never stalls the async workers.
@@ -155,6 +158,20 @@ pub struct Engine {
     options: EngineOptions,
     admitted: AtomicUsize,
     closed: AtomicBool,
+    embedder_options: EmbedderOptions,
+    /// Loaded on first use (or at open when `options.model` is given).
+    embedder: tokio::sync::OnceCell<Arc<Embedder>>,
+    /// Why the last model load failed (health reports it).
+    model_error: std::sync::Mutex<Option<String>>,
+    /// The external worker: created at open when `options.worker` is set,
+    /// or on the first `target: 'worker'` call through discovery.
+    worker: tokio::sync::OnceCell<Arc<Worker>>,
+}
+
+/// Where a decoded job runs.
+enum Route {
+    Local,
+    Worker(Arc<Worker>),
 }
 
 /// Holds one admission slot; released on drop (also when a call is cancelled).
@@ -181,7 +198,66 @@ impl Engine {
                 ));
             }
         }
-        Ok(Arc::new(Engine { options, admitted: AtomicUsize::new(0), closed: AtomicBool::new(false) }))
+        let embedder_options = EmbedderOptions::from_json(&options.raw)?;
+        let worker = tokio::sync::OnceCell::new();
+        if let Some(spec) = &options.worker {
+            let cfg = WorkerConfig::from_json(spec, &options.base_dir)?;
+            let _ = worker.set(Arc::new(Worker::new(cfg)?));
+        }
+        let engine = Engine {
+            options,
+            admitted: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            embedder_options,
+            embedder: tokio::sync::OnceCell::new(),
+            model_error: std::sync::Mutex::new(None),
+            worker,
+        };
+        // An explicitly named model is loaded now so a bad path fails `open`.
+        if engine.embedder_options.model_dir.is_some() {
+            let embedder = Embedder::open(engine.embedder_options.clone())?;
+            let _ = engine.embedder.set(embedder);
+        }
+        Ok(Arc::new(engine))
+    }
+
+    /// The embedding model, loaded on first use (on a blocking thread).
+    pub async fn embedder(&self) -> Result<Arc<Embedder>> {
+        let loaded = self
+            .embedder
+            .get_or_try_init(|| async {
+                let opts = self.embedder_options.clone();
+                tokio::task::spawn_blocking(move || Embedder::open(opts))
+                    .await
+                    .map_err(|e| CoreError::internal(format!("model loading task failed: {e}")))?
+            })
+            .await;
+        if let Ok(mut last) = self.model_error.lock() {
+            *last = loaded.as_ref().err().map(|e| e.clone_flat().to_string());
+        }
+        loaded.cloned()
+    }
+
+    /// The configured worker, or one found by discovery for an explicit
+    /// `target: 'worker'` call (one-shot, the legacy protocol).
+    async fn worker_for_explicit_target(&self) -> Result<Arc<Worker>> {
+        self.worker
+            .get_or_try_init(|| async {
+                let cfg = WorkerConfig::new(&self.options.base_dir, WorkerMode::Oneshot);
+                Worker::new(cfg).map(Arc::new)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Embed texts with the engine's model: admission, timeout, AbortSignal.
+    pub async fn embed(&self, texts: Vec<String>, opts: EmbedOptions, call: CallOptions) -> Result<Vec<Vec<f32>>> {
+        let _slot = self.admit()?;
+        if call.cancel.is_cancelled() {
+            return Err(CoreError::cancelled());
+        }
+        let cancel = call.cancel.clone();
+        with_deadline(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call, ErrorCode::Timeout).await
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -215,56 +291,83 @@ impl Engine {
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
         }
-        with_deadline(self.decode_and_run(input, &call), &call, ErrorCode::Timeout).await
-    }
-
-    async fn decode_and_run(&self, input: EnvelopeInput, call: &CallOptions) -> Result<JobResult> {
         let start = Instant::now();
-        let limits = self.options.limits;
-        let envelope = if input.approx_len() > INLINE_DECODE_BYTES {
-            tokio::task::spawn_blocking(move || input.decode(&limits))
-                .await
-                .map_err(|e| CoreError::internal(format!("envelope decoding task failed: {e}")))??
-        } else {
-            input.decode(&limits)?
-        };
-        let decoded_at = Instant::now();
+        let envelope = with_deadline(self.decode(input), &call, ErrorCode::Timeout).await?;
+        let decode_ms = ms(start.elapsed());
         let job = JobType::parse(&envelope.job_type);
-        let mut result = self.run(job, envelope, call).await?;
-        let end = Instant::now();
-        result.timings.decode = ms(decoded_at - start);
-        result.timings.total = ms(end - start);
+        let mut result = match self.route(&job, call.target).await? {
+            Route::Local => with_deadline(self.run_local(job, envelope, &call), &call, ErrorCode::Timeout).await?,
+            Route::Worker(worker) => {
+                // The worker enforces the timeout itself (E_WORKER_TIMEOUT)
+                // and kills its process group; give it what is left.
+                let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
+                worker.run(&envelope, remaining, call.cancel.clone()).await?
+            }
+        };
+        result.timings.decode = decode_ms;
+        result.timings.total = ms(start.elapsed());
         Ok(result)
     }
 
-    async fn run(&self, job: JobType, envelope: Envelope, call: &CallOptions) -> Result<JobResult> {
+    async fn decode(&self, input: EnvelopeInput) -> Result<Envelope> {
+        let limits = self.options.limits;
+        if input.approx_len() > INLINE_DECODE_BYTES {
+            tokio::task::spawn_blocking(move || input.decode(&limits))
+                .await
+                .map_err(|e| CoreError::internal(format!("envelope decoding task failed: {e}")))?
+        } else {
+            input.decode(&limits)
+        }
+    }
+
+    async fn route(&self, job: &JobType, target: Target) -> Result<Route> {
+        if target == Target::Worker {
+            return Ok(Route::Worker(self.worker_for_explicit_target().await?));
+        }
+        // A worker counts as configured when EngineOptions.worker named one
+        // or CUDA_WORKER_PATH is set (the shared discovery rule 1).
+        let configured = match self.worker.get() {
+            Some(w) => Some(w.clone()),
+            None if env_names_worker() && matches!(job, JobType::Inference | JobType::Other(_)) => {
+                Some(self.worker_for_explicit_target().await?)
+            }
+            None => None,
+        };
+        match (job, configured) {
+            (JobType::Echo | JobType::Embedding, _) => Ok(Route::Local),
+            (JobType::Inference | JobType::Other(_), Some(worker)) if target == Target::Auto => Ok(Route::Worker(worker)),
+            (JobType::Inference, _) => Err(err!(
+                UnknownType,
+                "job type `inference` has no local runner in this build and no worker is configured (EngineOptions.worker)"
+            )),
+            (JobType::Other(name), _) => Err(err!(
+                UnknownType,
+                "unknown job type `{name}` (known: echo, embedding, inference); configure EngineOptions.worker to run other types"
+            )),
+        }
+    }
+
+    async fn run_local(&self, job: JobType, envelope: Envelope, call: &CallOptions) -> Result<JobResult> {
         let started = Instant::now();
-        let (output, encoding, backend) = match (&job, call.target) {
-            (JobType::Echo, Target::Auto | Target::Local) => {
+        let (output, encoding, backend) = match job {
+            JobType::Echo => {
                 let output = match envelope.payload {
                     Payload::Json(v) => JobOutput::Json(v),
                     Payload::Bytes(b) => JobOutput::Bytes(b),
                 };
                 (output, envelope.encoding.as_str(), BackendKind::Cpu)
             }
-            (_, Target::Worker) => {
-                return Err(err!(
-                    WorkerNotFound,
-                    "`target: 'worker'` but no worker is configured (EngineOptions.worker)"
-                ))
+            JobType::Embedding => {
+                let (texts, opts) = embedding_request(envelope.payload)?;
+                let embedder = self.embedder().await?;
+                let vectors = embedder.embed(texts, opts, call.cancel.clone()).await?;
+                let info = embedder.info();
+                let backend = if info.backend == "cuda" { BackendKind::Cuda } else { BackendKind::Cpu };
+                let result = serde_json::json!({ "model": info.name, "dims": info.dims, "embeddings": vectors });
+                (JobOutput::Json(result), "json", backend)
             }
-            (JobType::Embedding | JobType::Inference, _) => {
-                return Err(err!(
-                    UnknownType,
-                    "job type `{}` has no local runner in this build and no worker is configured",
-                    job.canonical()
-                ))
-            }
-            (JobType::Other(name), _) => {
-                return Err(err!(
-                    UnknownType,
-                    "unknown job type `{name}` (known: echo, embedding, inference); configure EngineOptions.worker to run other types"
-                ))
+            JobType::Inference | JobType::Other(_) => {
+                return Err(CoreError::internal("route() sent a job without a local runner to run_local"))
             }
         };
         Ok(JobResult {
@@ -285,22 +388,46 @@ impl Engine {
         if let Some(reason) = &probe.reason {
             errors.push(format!("cuda: {reason}"));
         }
+        if let Some(e) = self.model_error.lock().ok().and_then(|g| g.clone()) {
+            status = Status::Degraded;
+            errors.push(format!("model: {e}"));
+        }
         if self.closed.load(Ordering::Acquire) {
             status = Status::Error;
             errors.push("engine: closed".into());
         }
+        let denv = DiscoveryEnv::from_process();
+        let cuda_path =
+            discovery::candidates(&self.options.base_dir, &denv).iter().map(|p| p.display().to_string()).collect();
+        let worker = match self.worker.get() {
+            Some(w) => serde_json::to_value(w.health()).unwrap_or(Value::Null),
+            None => {
+                // No worker yet: show what discovery would use.
+                let found = discovery::find_worker(&self.options.base_dir, &denv).ok();
+                serde_json::json!({
+                    "path": found.as_ref().map(|(p, _)| p.display().to_string()),
+                    "source": found.as_ref().map(|(_, s)| s.as_str()),
+                    "mode": null, "running": false, "restarts": 0, "in_flight": 0
+                })
+            }
+        };
+        let embedder = self.embedder.get();
         Health {
             status,
             version: crate::VERSION,
             cuda_available: probe.available,
-            backend: "cpu",
-            cuda_path: Vec::new(),
-            worker: serde_json::json!({
-                "path": null, "source": null, "mode": null, "running": false, "restarts": 0
-            }),
+            backend: match embedder.map(|e| e.info().backend) {
+                Some(b) if b == "cuda" => "cuda",
+                _ => "cpu",
+            },
+            cuda_path,
+            worker,
             devices: probe.devices_now(),
-            model: Value::Null,
-            queue: QueueHealth { depth: 0, in_flight: self.admitted.load(Ordering::Acquire) },
+            model: embedder.map_or(Value::Null, |e| serde_json::to_value(e.info()).unwrap_or(Value::Null)),
+            queue: QueueHealth {
+                depth: embedder.map_or(0, |e| e.queue_stats().depth),
+                in_flight: self.admitted.load(Ordering::Acquire),
+            },
             errors,
         }
     }
@@ -308,11 +435,18 @@ impl Engine {
     /// Stop accepting work and release resources. Idempotent.
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        if let Some(worker) = self.worker.get() {
+            worker.shutdown().await;
+        }
     }
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+}
+
+fn env_names_worker() -> bool {
+    std::env::var_os("CUDA_WORKER_PATH").is_some_and(|v| !v.is_empty())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -342,4 +476,39 @@ pub async fn with_deadline<T>(
         )),
         r = fut => r,
     }
+}
+
+/// Read an `embedding` job's payload: `{text}` or `{texts}`, with optional
+/// `normalize` and `truncate`.
+fn embedding_request(payload: Payload) -> Result<(Vec<String>, EmbedOptions)> {
+    let Payload::Json(Value::Object(mut obj)) = payload else {
+        return Err(err!(InvalidArg, "an `embedding` payload must be a JSON object {{text}} or {{texts}}"));
+    };
+    let texts = match (obj.remove("text"), obj.remove("texts")) {
+        (Some(_), Some(_)) => return Err(err!(InvalidArg, "`payload` has both `text` and `texts`: send one")),
+        (Some(Value::String(t)), None) => vec![t],
+        (Some(other), None) => return Err(err!(InvalidArg, "`payload.text` must be a string, got {other}")),
+        (None, Some(Value::Array(items))) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                other => Err(err!(InvalidArg, "`payload.texts[{i}]` must be a string, got {other}")),
+            })
+            .collect::<Result<Vec<_>>>()?,
+        (None, Some(other)) => return Err(err!(InvalidArg, "`payload.texts` must be an array of strings, got {other}")),
+        (None, None) => return Err(err!(InvalidArg, "an `embedding` payload needs `text` or `texts`")),
+    };
+    let mut opts = EmbedOptions::default();
+    match obj.remove("normalize") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => opts.normalize = Some(b),
+        Some(other) => return Err(err!(InvalidArg, "`payload.normalize` must be a boolean, got {other}")),
+    }
+    match obj.remove("truncate") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => opts.truncate = b,
+        Some(other) => return Err(err!(InvalidArg, "`payload.truncate` must be a boolean, got {other}")),
+    }
+    Ok((texts, opts))
 }
