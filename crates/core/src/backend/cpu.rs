@@ -24,6 +24,9 @@ use crate::model::{Activation, BertConfig, BertWeights, Linear, ModelConfig, Poo
 /// a tiny product over the pool costs more than it saves (single short
 /// sentences).
 const GEMM_PAR_THRESHOLD: usize = 1 << 20;
+/// GEMMs over fewer token rows than this also stay on one thread: gemm's
+/// split over rows gives each thread too little to amortize the wake-up.
+const GEMM_PAR_MIN_ROWS: usize = 32;
 /// Rows handled per rayon task in row-wise ops (LayerNorm, GELU, gathers).
 const ROWS_PER_TASK: usize = 16;
 
@@ -257,7 +260,7 @@ impl SendPtr {
 fn linear_acc(dst: &mut [f32], x: &[f32], lin: &CpuLinear, m: usize) {
     let (k, n) = (lin.inp, lin.out);
     debug_assert!(dst.len() >= m * n && x.len() >= m * k);
-    let par = if m * n * k >= GEMM_PAR_THRESHOLD && rayon::current_num_threads() > 1 {
+    let par = if m >= GEMM_PAR_MIN_ROWS && m * n * k >= GEMM_PAR_THRESHOLD && rayon::current_num_threads() > 1 {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None
