@@ -152,8 +152,22 @@ impl JsVal {
 
     fn own_keys(&self) -> Result<JsVal> {
         let mut out = ptr::null_mut();
-        // SAFETY: raw is an object; returns an array of its own enumerable string keys.
-        status(unsafe { sys::napi_get_property_names(self.env, self.raw, &mut out) }, "object keys")?;
+        // SAFETY: raw is an object. Own enumerable string keys only, like
+        // JSON.stringify (napi_get_property_names also walks the prototype
+        // chain, which costs more than the rest of a small envelope).
+        status(
+            unsafe {
+                sys::napi_get_all_property_names(
+                    self.env,
+                    self.raw,
+                    sys::KeyCollectionMode::own_only,
+                    sys::KeyFilter::enumerable | sys::KeyFilter::skip_symbols,
+                    sys::KeyConversion::numbers_to_strings,
+                    &mut out,
+                )
+            },
+            "object keys",
+        )?;
         Ok(JsVal::new(self.env, out))
     }
 

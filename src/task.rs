@@ -1,16 +1,23 @@
 //! Running core futures as JS Promises: AbortSignal wiring, panic capture,
 //! and conversion of the outcome on the JS thread.
 
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use cuda_engine_core::engine::CallOptions;
 use cuda_engine_core::CoreError;
 use napi::bindgen_prelude::*;
 use napi::sys;
+use napi::JsError;
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{JsVal, ParsedCall};
@@ -94,6 +101,159 @@ impl SignalHook {
     }
 }
 
+/// Settles finished jobs on the JS thread in batches.
+///
+/// napi-rs's `spawn_future` creates one threadsafe function per Promise,
+/// which costs more than an echo job itself. Here one threadsafe function per
+/// JS environment is woken once per *batch*: workers push outcomes into a
+/// queue and only the push that finds it empty schedules a drain. The
+/// function is ref'd only while jobs are pending, so idle engines never keep
+/// Node alive and pending jobs always do.
+struct Completer {
+    /// Set once, right after creation, before any job can push.
+    tsfn: AtomicPtr<sys::napi_threadsafe_function__>,
+    queue: Mutex<CompletionQueue>,
+}
+
+#[derive(Default)]
+struct CompletionQueue {
+    done: Vec<(u64, Box<dyn Any + Send>)>,
+    /// A drain is scheduled and has not started yet.
+    scheduled: bool,
+    /// The environment is gone: drop outcomes instead of calling into it.
+    closed: bool,
+}
+
+impl Completer {
+    fn push(&self, id: u64, outcome: Box<dyn Any + Send>) {
+        let Ok(mut q) = self.queue.lock() else { return };
+        if q.closed {
+            return;
+        }
+        q.done.push((id, outcome));
+        if !q.scheduled {
+            q.scheduled = true;
+            // SAFETY: `closed` is false under the lock, so the function has
+            // not been finalized; nonblocking never waits (unbounded queue).
+            unsafe {
+                sys::napi_call_threadsafe_function(
+                    self.tsfn.load(Ordering::Acquire),
+                    ptr::null_mut(),
+                    sys::ThreadsafeFunctionCallMode::nonblocking,
+                )
+            };
+        }
+    }
+}
+
+/// What the JS thread keeps for a job until it settles.
+struct Pending {
+    deferred: sys::napi_deferred,
+    hook: Option<SignalHook>,
+    settle: Box<dyn FnOnce(&Env, Box<dyn Any + Send>) -> napi::Result<sys::napi_value>>,
+}
+
+/// Per-JS-thread state (each Node environment runs on its own thread).
+struct JsState {
+    completer: Arc<Completer>,
+    pending: HashMap<u64, Pending>,
+    next_id: u64,
+}
+
+thread_local! {
+    static JS_STATE: RefCell<Option<JsState>> = const { RefCell::new(None) };
+}
+
+unsafe extern "C" fn completer_finalize(_env: sys::napi_env, data: *mut c_void, _hint: *mut c_void) {
+    // SAFETY: `data` is the Arc<Completer> leaked in `init_state`.
+    let completer = unsafe { Arc::from_raw(data as *const Completer) };
+    if let Ok(mut q) = completer.queue.lock() {
+        q.closed = true;
+        q.done.clear();
+    }
+    JS_STATE.with(|s| s.borrow_mut().take());
+}
+
+/// Runs on the JS thread: settle every job that finished since the last drain.
+unsafe extern "C" fn completer_drain(env: sys::napi_env, _js_cb: sys::napi_value, context: *mut c_void, _data: *mut c_void) {
+    if env.is_null() {
+        return; // the function is being torn down
+    }
+    // SAFETY: `context` is the Completer, alive as long as the function.
+    let completer = unsafe { &*(context as *const Completer) };
+    let done = match completer.queue.lock() {
+        Ok(mut q) => {
+            q.scheduled = false;
+            std::mem::take(&mut q.done)
+        }
+        Err(_) => return,
+    };
+    let js_env = Env::from_raw(env);
+    for (id, outcome) in done {
+        let Some(p) = JS_STATE.with(|s| s.borrow_mut().as_mut().and_then(|st| st.pending.remove(&id))) else { continue };
+        let mut scope = ptr::null_mut();
+        // SAFETY: JS thread; a scope per job bounds handles in big batches.
+        unsafe { sys::napi_open_handle_scope(env, &mut scope) };
+        if let Some(hook) = p.hook {
+            hook.remove();
+        }
+        let settled = catch_unwind(AssertUnwindSafe(|| (p.settle)(&js_env, outcome)))
+            .unwrap_or_else(|payload| Err(to_napi(&js_env, CoreError::from_panic(payload, "building a result"))));
+        // SAFETY: each deferred is settled exactly once, here.
+        unsafe {
+            match settled {
+                Ok(value) => sys::napi_resolve_deferred(env, p.deferred, value),
+                Err(err) => sys::napi_reject_deferred(env, p.deferred, JsError::from(err).into_value(env)),
+            };
+            sys::napi_close_handle_scope(env, scope);
+        }
+    }
+    JS_STATE.with(|s| {
+        if let Some(st) = s.borrow().as_ref() {
+            if st.pending.is_empty() {
+                // SAFETY: JS thread; nothing pending, let Node exit if idle.
+                unsafe { sys::napi_unref_threadsafe_function(env, st.completer.tsfn.load(Ordering::Acquire)) };
+            }
+        }
+    });
+}
+
+fn init_state(env: &Env) -> napi::Result<()> {
+    let raw = env.raw();
+    let completer = Arc::new(Completer { tsfn: AtomicPtr::new(ptr::null_mut()), queue: Mutex::new(CompletionQueue::default()) });
+    let leaked = Arc::into_raw(completer.clone()) as *mut c_void;
+    let mut name = ptr::null_mut();
+    let mut tsfn = ptr::null_mut();
+    // SAFETY: JS thread; the function owns one Arc (released in finalize),
+    // context points at the same Completer.
+    let status = unsafe {
+        sys::napi_create_string_utf8(raw, c"cuda-engine".as_ptr(), 11, &mut name);
+        sys::napi_create_threadsafe_function(
+            raw,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            name,
+            0,
+            1,
+            leaked,
+            Some(completer_finalize),
+            leaked,
+            Some(completer_drain),
+            &mut tsfn,
+        )
+    };
+    if status != sys::Status::napi_ok {
+        // SAFETY: creation failed, so finalize will never run: reclaim the Arc.
+        drop(unsafe { Arc::from_raw(leaked as *const Completer) });
+        return Err(napi::Error::new(Status::GenericFailure, "cannot create the completion threadsafe function"));
+    }
+    completer.tsfn.store(tsfn, Ordering::Release);
+    // SAFETY: JS thread; idle until a job is pending.
+    unsafe { sys::napi_unref_threadsafe_function(raw, tsfn) };
+    JS_STATE.with(|s| *s.borrow_mut() = Some(JsState { completer, pending: HashMap::new(), next_id: 0 }));
+    Ok(())
+}
+
 /// Run `job` on the tokio runtime and return a Promise. `to_js` builds the
 /// resolved value on the JS thread; core errors reject with coded errors.
 pub fn spawn_job<'e, T, Fut, Make, ToJs>(
@@ -108,6 +268,9 @@ where
     Make: FnOnce(CallOptions) -> Fut,
     ToJs: for<'a> FnOnce(&'a Env, T) -> napi::Result<Unknown<'a>> + 'static,
 {
+    if JS_STATE.with(|s| s.borrow().is_none()) {
+        init_state(env)?;
+    }
     let ParsedCall { call, signal, already_aborted } = parsed;
     if already_aborted {
         call.cancel.cancel();
@@ -116,14 +279,41 @@ where
         Some(s) if !already_aborted => Some(SignalHook::install(env, s, call.cancel.clone())?),
         _ => None,
     };
-    let fut = CatchUnwind(Box::pin(make(call)));
-    env.spawn_future_with_callback(async move { Ok::<_, napi::Error>(fut.await) }, move |env, outcome| {
+    let raw = env.raw();
+    let mut deferred = ptr::null_mut();
+    let mut promise = ptr::null_mut();
+    // SAFETY: JS thread.
+    if unsafe { sys::napi_create_promise(raw, &mut deferred, &mut promise) } != sys::Status::napi_ok {
         if let Some(hook) = hook {
             hook.remove();
         }
-        match outcome {
-            Ok(value) => to_js(env, value),
+        return Err(napi::Error::new(Status::GenericFailure, "cannot create a Promise"));
+    }
+    let settle = Box::new(move |env: &Env, outcome: Box<dyn Any + Send>| -> napi::Result<sys::napi_value> {
+        let outcome = outcome
+            .downcast::<std::result::Result<T, CoreError>>()
+            .map_err(|_| napi::Error::new(Status::GenericFailure, "job outcome of the wrong type"))?;
+        match *outcome {
+            Ok(value) => Ok(to_js(env, value)?.value().value),
             Err(e) => Err(to_napi(env, e)),
         }
-    })
+    });
+    let (completer, id) = JS_STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let st = s.as_mut().unwrap_or_else(|| unreachable!("initialised above"));
+        st.next_id += 1;
+        let id = st.next_id;
+        if st.pending.is_empty() {
+            // SAFETY: JS thread; keep Node alive while jobs are pending.
+            unsafe { sys::napi_ref_threadsafe_function(raw, st.completer.tsfn.load(Ordering::Acquire)) };
+        }
+        st.pending.insert(id, Pending { deferred, hook, settle });
+        (st.completer.clone(), id)
+    });
+    let fut = CatchUnwind(Box::pin(make(call)));
+    napi::bindgen_prelude::spawn(async move {
+        let outcome: std::result::Result<T, CoreError> = fut.await;
+        completer.push(id, Box::new(outcome));
+    });
+    Ok(PromiseRaw::new(raw, promise))
 }
