@@ -25,10 +25,13 @@
 //! `E_INTERNAL`, ...). It may also panic; the batcher catches that and fails
 //! the affected requests with `E_INTERNAL`.
 
+use serde::Serialize;
+
 use crate::err;
 use crate::error::Result;
 
 pub mod cpu;
+pub mod cuda;
 
 /// A packed batch of tokenized sequences (no padding).
 ///
@@ -131,6 +134,36 @@ pub struct ForwardOutput {
     pub hidden: usize,
 }
 
+/// Runtime state of a backend, for health (`model.backend_status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BackendStatus {
+    /// `cpu` or `cuda`.
+    pub backend: &'static str,
+    /// CUDA device index and name (None on the CPU).
+    pub device: Option<usize>,
+    pub device_name: Option<String>,
+    /// Compute dtype: `fp32`, `fp16` or `bf16`.
+    pub dtype: &'static str,
+    /// Device memory the backend holds (weights + workspaces), bytes.
+    pub memory_bytes: u64,
+    /// Page-locked host memory it holds, bytes.
+    pub pinned_bytes: u64,
+    /// Tokens / sequences one pass holds (workspace size; 0 on the CPU).
+    pub max_batch_tokens: usize,
+    pub max_batch_seqs: usize,
+    /// CUDA graphs captured so far.
+    pub graphs: usize,
+    /// Kernel compilation time at start-up (ms; 0 when cached).
+    pub compile_ms: f64,
+    /// Forward calls, sequences and tokens run so far.
+    pub passes: u64,
+    pub sequences: u64,
+    pub tokens: u64,
+    /// Set once a sticky device fault poisoned the backend: every call
+    /// fails with `E_CUDA_FAULT` and health should report `status: "error"`.
+    pub fault: Option<String>,
+}
+
 /// A compute backend for the BERT encoder. See the module docs for the
 /// contract.
 pub trait Backend: Send + Sync {
@@ -140,4 +173,9 @@ pub trait Backend: Send + Sync {
     /// Run the encoder on a packed batch and pool each sequence.
     /// `want_last_hidden` also returns the last hidden state.
     fn forward(&self, batch: &TokenBatch, want_last_hidden: bool) -> Result<ForwardOutput>;
+
+    /// Runtime state for health. The default suits an fp32 host backend.
+    fn status(&self) -> BackendStatus {
+        BackendStatus { backend: self.name(), dtype: "fp32", ..Default::default() }
+    }
 }

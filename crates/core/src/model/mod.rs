@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::batcher::QueueStats;
 use crate::backend::cpu::CpuBackend;
-use crate::backend::Backend;
+use crate::backend::cuda::{CudaBackend, CudaOptions, Dtype};
+use crate::backend::{Backend, BackendStatus};
+pub use crate::engine::DevicePreference;
 use crate::batcher::{Batcher, BatcherLimits};
 use crate::err;
 use crate::error::Result;
@@ -50,6 +52,11 @@ pub struct EmbedderOptions {
     pub max_texts_per_call: usize,
     /// CPU compute threads (`threads`, default: available parallelism).
     pub threads: Option<usize>,
+    /// Where to run (`device`: 'auto' (default) | 'cuda' | 'cpu' | index).
+    pub device: DevicePreference,
+    /// GPU compute dtype (`dtype`: 'fp16' (default) | 'bf16' | 'fp32');
+    /// the CPU always computes in fp32.
+    pub dtype: Dtype,
 }
 
 impl Default for EmbedderOptions {
@@ -62,6 +69,8 @@ impl Default for EmbedderOptions {
             max_queued_texts: l.max_queued_texts,
             max_texts_per_call: 8_192,
             threads: None,
+            device: DevicePreference::Auto,
+            dtype: Dtype::F16,
         }
     }
 }
@@ -111,6 +120,27 @@ impl EmbedderOptions {
             o.max_texts_per_call = n;
         }
         o.threads = opt_usize(v, "threads")?;
+        o.device = match v.get("device") {
+            None | Some(Value::Null) => DevicePreference::Auto,
+            Some(Value::String(s)) => match s.as_str() {
+                "auto" => DevicePreference::Auto,
+                "cpu" => DevicePreference::Cpu,
+                "cuda" => DevicePreference::Cuda(None),
+                _ => return Err(err!(InvalidArg, "options.device must be 'auto', 'cuda', 'cpu' or a device index, got {s:?}")),
+            },
+            Some(x) => match x.as_u64() {
+                Some(i) => DevicePreference::Cuda(Some(i as usize)),
+                None => return Err(err!(InvalidArg, "options.device must be 'auto', 'cuda', 'cpu' or a device index, got {x}")),
+            },
+        };
+        match v.get("dtype") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => {
+                o.dtype = Dtype::parse(s)
+                    .ok_or_else(|| err!(InvalidArg, "options.dtype must be 'fp16', 'bf16' or 'fp32', got {s:?}"))?
+            }
+            Some(x) => return Err(err!(InvalidArg, "options.dtype must be 'fp16', 'bf16' or 'fp32', got {x}")),
+        }
         Ok(o)
     }
 }
@@ -148,6 +178,10 @@ pub struct ModelInfo {
     pub normalize: bool,
     /// `cpu` (or `cuda`).
     pub backend: String,
+    /// Compute dtype (`fp32` on the CPU; `fp16`, `bf16` or `fp32` on CUDA).
+    pub dtype: String,
+    /// CUDA device index (null on the CPU).
+    pub device: Option<usize>,
 }
 
 /// The model directory to load, by the resolution order of `docs/model.md`:
@@ -231,6 +265,9 @@ pub struct Embedder {
     tokenizer: Arc<TextTokenizer>,
     batcher: Batcher,
     max_texts_per_call: usize,
+    backend: Arc<dyn Backend>,
+    /// Why the requested device was not used (e.g. `auto` fell back to the CPU).
+    backend_note: Option<String>,
 }
 
 /// Calls with more texts than this tokenize on a blocking thread instead of
@@ -245,9 +282,9 @@ impl Embedder {
         let config = ModelConfig::load(&dir)?;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), config.max_seq_length)?;
         let weights = BertWeights::load(&dir.join("model.safetensors"), &config.bert)?;
-        let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(&weights, &config, opts.threads)?);
+        let (backend, note) = choose_backend(&weights, &config, &opts)?;
         drop(weights);
-        Self::with_backend(dir, config, tokenizer, backend, &opts)
+        Self::assemble(dir, config, tokenizer, backend, &opts, note)
     }
 
     /// Assemble an embedder around an already-built backend (how a CUDA
@@ -259,6 +296,18 @@ impl Embedder {
         backend: Arc<dyn Backend>,
         opts: &EmbedderOptions,
     ) -> Result<Arc<Embedder>> {
+        Self::assemble(dir, config, tokenizer, backend, opts, None)
+    }
+
+    fn assemble(
+        dir: PathBuf,
+        config: ModelConfig,
+        tokenizer: TextTokenizer,
+        backend: Arc<dyn Backend>,
+        opts: &EmbedderOptions,
+        backend_note: Option<String>,
+    ) -> Result<Arc<Embedder>> {
+        let status = backend.status();
         let limits = BatcherLimits {
             max_batch_tokens: opts.max_batch_tokens,
             max_batch_seqs: opts.max_batch_seqs,
@@ -272,15 +321,31 @@ impl Embedder {
             pooling: config.pooling.as_str().to_string(),
             normalize: config.normalize,
             backend: backend.name().to_string(),
+            dtype: status.dtype.to_string(),
+            device: status.device,
         };
-        let batcher = Batcher::start(backend, limits, config.max_seq_length)?;
+        let batcher = Batcher::start(backend.clone(), limits, config.max_seq_length)?;
         Ok(Arc::new(Embedder {
             info,
             config,
             tokenizer: Arc::new(tokenizer),
             batcher,
             max_texts_per_call: opts.max_texts_per_call.max(1),
+            backend,
+            backend_note,
         }))
+    }
+
+    /// The backend's runtime state (device, dtype, memory, fault). Health
+    /// reports `status: "error"` when `fault` is set.
+    pub fn backend_status(&self) -> BackendStatus {
+        self.backend.status()
+    }
+
+    /// Why the requested device is not the one in use (device `auto` fell
+    /// back to the CPU), for health's `errors`.
+    pub fn backend_note(&self) -> Option<&str> {
+        self.backend_note.as_deref()
     }
 
     /// Name, dims, max tokens, pooling, normalization, backend.
@@ -337,6 +402,45 @@ impl Embedder {
             }
         }
         Ok(out)
+    }
+}
+
+/// Build the backend `opts.device` asks for. `auto`: CUDA device 0 when it
+/// starts, else the CPU with a note saying why; `cuda`/index: that device or
+/// the error (`E_CUDA_UNAVAILABLE`, `E_GPU_OOM`); `cpu`: the CPU.
+fn choose_backend(
+    weights: &BertWeights,
+    config: &ModelConfig,
+    opts: &EmbedderOptions,
+) -> Result<(Arc<dyn Backend>, Option<String>)> {
+    let cuda = |device: usize| -> Result<Arc<dyn Backend>> {
+        let o = CudaOptions {
+            device,
+            dtype: opts.dtype,
+            max_batch_tokens: opts.max_batch_tokens,
+            max_batch_seqs: opts.max_batch_seqs,
+            ..CudaOptions::default()
+        };
+        Ok(Arc::new(CudaBackend::new(weights, config, &o)?))
+    };
+    let cpu = || -> Result<Arc<dyn Backend>> { Ok(Arc::new(CpuBackend::new(weights, config, opts.threads)?)) };
+    match opts.device {
+        DevicePreference::Cpu => Ok((cpu()?, None)),
+        DevicePreference::Cuda(i) => Ok((cuda(i.unwrap_or(0))?, None)),
+        DevicePreference::Auto => {
+            let probe = crate::device::probe();
+            if !probe.available {
+                let why = probe.reason.clone().unwrap_or_else(|| "no CUDA device".into());
+                return Ok((cpu()?, Some(format!("device auto: using the CPU ({why})"))));
+            }
+            match cuda(0) {
+                Ok(b) => Ok((b, None)),
+                Err(e) => {
+                    log::warn!("cuda-engine: CUDA backend unavailable, using the CPU: {e}");
+                    Ok((cpu()?, Some(format!("device auto: CUDA backend failed to start, using the CPU: {e}"))))
+                }
+            }
+        }
     }
 }
 

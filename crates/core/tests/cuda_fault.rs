@@ -1,0 +1,48 @@
+//! A sticky device fault poisons the CUDA backend: the faulting call and
+//! every later one fail fast with E_CUDA_FAULT, and status reports it.
+//!
+//! Its own test binary: the injected illegal address ruins the process's
+//! CUDA context for everything else. Skips plainly without a GPU.
+
+use std::path::PathBuf;
+
+use cuda_engine_core::backend::cuda::{CudaBackend, CudaOptions};
+use cuda_engine_core::backend::{Backend, TokenBatch};
+use cuda_engine_core::model::{BertWeights, ModelConfig};
+use cuda_engine_core::ErrorCode;
+
+fn model_dir() -> PathBuf {
+    match std::env::var_os("CUDA_ENGINE_MODEL").filter(|v| !v.is_empty()) {
+        Some(v) => PathBuf::from(v),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2"),
+    }
+}
+
+#[test]
+fn sticky_fault_poisons_the_backend() {
+    let p = cuda_engine_core::device::probe();
+    if !p.available {
+        eprintln!("sticky_fault_poisons_the_backend: SKIPPED (no CUDA device: {})", p.reason.as_deref().unwrap_or("none"));
+        return;
+    }
+    let dir = model_dir();
+    let config = ModelConfig::load(&dir).unwrap();
+    let w = BertWeights::load(&dir.join("model.safetensors"), &config.bert).unwrap();
+    let be = CudaBackend::new(&w, &config, &CudaOptions::default()).unwrap();
+    let mut b = TokenBatch::new();
+    b.push(&[101, 7592, 102], &[0, 0, 0]);
+    assert!(be.forward(&b, false).is_ok());
+    assert!(be.status().fault.is_none());
+
+    let e = be.inject_fault_for_tests().unwrap_err();
+    assert_eq!(e.code, ErrorCode::CudaFault, "{e}");
+    let st = be.status();
+    assert!(st.fault.is_some(), "status must report the fault: {st:?}");
+    eprintln!("fault: {e}");
+
+    let t = std::time::Instant::now();
+    let e2 = be.forward(&b, false).unwrap_err();
+    assert_eq!(e2.code, ErrorCode::CudaFault, "{e2}");
+    assert!(t.elapsed().as_millis() < 50, "a poisoned backend must fail fast");
+    eprintln!("after the fault: {e2}");
+}
