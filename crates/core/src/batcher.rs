@@ -71,10 +71,19 @@ pub struct QueueStats {
 /// request order.
 pub type BatchReply = Result<Vec<Vec<f32>>>;
 
+/// [`Batcher::submit_tensors`]' answer: per sequence, in request order, the
+/// pooled (not normalized) vector and the last hidden state rows
+/// (`[len, hidden]` row-major; empty unless asked for).
+pub type TensorReply = Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)>;
+
 struct Request {
     seqs: Vec<Encoded>,
+    /// The tensor API (`infer`) asked for the last hidden state: the batch
+    /// this request's sequences land in runs with `want_last_hidden`, and
+    /// their rows are copied out. Other requests in that batch are unaffected.
+    want_hidden: bool,
     cancel: CancellationToken,
-    reply: oneshot::Sender<BatchReply>,
+    reply: oneshot::Sender<TensorReply>,
 }
 
 struct Counters {
@@ -123,9 +132,15 @@ impl Batcher {
     /// order). `E_OVERLOADED` when the queue is full, `E_CANCELLED` when
     /// `cancel` fires first.
     pub async fn submit(&self, seqs: Vec<Encoded>, cancel: CancellationToken) -> BatchReply {
+        self.submit_tensors(seqs, false, cancel).await.map(|(pooled, _)| pooled)
+    }
+
+    /// Like [`Batcher::submit`], and with `want_hidden` also each sequence's
+    /// last hidden state (for `infer`'s `last_hidden_state`).
+    pub async fn submit_tensors(&self, seqs: Vec<Encoded>, want_hidden: bool, cancel: CancellationToken) -> TensorReply {
         let n = seqs.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         if cancel.is_cancelled() {
             return Err(CoreError::cancelled());
@@ -138,7 +153,7 @@ impl Batcher {
                 err!(Overloaded, "embedding queue is full: {d} texts waiting, this call adds {n}, limit {max} (maxQueuedTexts)")
             })?;
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request { seqs, cancel: cancel.clone(), reply }).is_err() {
+        if self.tx.send(Request { seqs, want_hidden, cancel: cancel.clone(), reply }).is_err() {
             self.counters.depth.fetch_sub(n, Ordering::AcqRel);
             return Err(err!(Internal, "the embedding batcher has stopped"));
         }
@@ -156,6 +171,8 @@ struct Pending {
     /// Sequences computed so far.
     done: usize,
     out: Vec<Vec<f32>>,
+    /// Last hidden state rows per sequence (filled only when `want_hidden`).
+    hidden: Vec<Vec<f32>>,
     failed: bool,
 }
 
@@ -170,7 +187,7 @@ struct Actor {
 impl Actor {
     fn push(&mut self, req: Request) {
         let n = req.seqs.len();
-        self.queue.push_back(Pending { req, next: 0, done: 0, out: vec![Vec::new(); n], failed: false });
+        self.queue.push_back(Pending { req, next: 0, done: 0, out: vec![Vec::new(); n], hidden: vec![Vec::new(); n], failed: false });
     }
 
     fn run(mut self) {
@@ -206,6 +223,7 @@ impl Actor {
         // (queue index, sequence index) of each batch row.
         let mut owners: Vec<(usize, usize)> = Vec::new();
         let mut tokens = 0usize;
+        let mut want_hidden = false;
         'fill: for (qi, p) in self.queue.iter_mut().enumerate() {
             while p.next < p.req.seqs.len() {
                 let s = &p.req.seqs[p.next];
@@ -216,6 +234,7 @@ impl Actor {
                     break 'fill;
                 }
                 batch.push(&s.ids, &s.type_ids);
+                want_hidden |= p.req.want_hidden;
                 owners.push((qi, p.next));
                 p.next += 1;
                 tokens += len;
@@ -228,15 +247,25 @@ impl Actor {
         self.counters.depth.fetch_sub(n, Ordering::AcqRel);
         self.counters.in_flight.fetch_add(n, Ordering::AcqRel);
         let backend = &self.backend;
-        let result = catch_unwind(AssertUnwindSafe(|| backend.forward(&batch, false)))
+        let result = catch_unwind(AssertUnwindSafe(|| backend.forward(&batch, want_hidden)))
             .unwrap_or_else(|p| Err(CoreError::from_panic(p, "embedding backend")));
         self.counters.in_flight.fetch_sub(n, Ordering::AcqRel);
 
         match result {
-            Ok(out) if out.pooled.len() == n * out.hidden => {
+            Ok(out)
+                if out.pooled.len() == n * out.hidden
+                    && (!want_hidden
+                        || out.last_hidden.as_ref().is_some_and(|x| x.len() == batch.total_tokens() * out.hidden)) =>
+            {
                 for (row, &(qi, si)) in owners.iter().enumerate() {
                     if let Some(p) = self.queue.get_mut(qi) {
                         p.out[si] = out.pooled[row * out.hidden..(row + 1) * out.hidden].to_vec();
+                        if p.req.want_hidden {
+                            if let Some(lh) = &out.last_hidden {
+                                let r = batch.seq_range(row);
+                                p.hidden[si] = lh[r.start * out.hidden..r.end * out.hidden].to_vec();
+                            }
+                        }
                         p.done += 1;
                     }
                 }
@@ -244,7 +273,12 @@ impl Actor {
             other => {
                 let e = match other {
                     Err(e) => e,
-                    Ok(out) => err!(Internal, "backend returned {} values for {n} sequences", out.pooled.len()),
+                    Ok(out) => err!(
+                        Internal,
+                        "backend returned {} pooled values for {n} sequences (last hidden state: {:?} values, asked: {want_hidden})",
+                        out.pooled.len(),
+                        out.last_hidden.as_ref().map(Vec::len)
+                    ),
                 };
                 let mut failed: Vec<usize> = owners.iter().map(|&(qi, _)| qi).collect();
                 failed.dedup();
@@ -277,7 +311,7 @@ impl Actor {
                     if failed {
                         counters.depth.fetch_sub(p.req.seqs.len() - p.next, Ordering::AcqRel);
                     } else {
-                        let _ = p.req.reply.send(Ok(p.out));
+                        let _ = p.req.reply.send(Ok((p.out, p.hidden)));
                     }
                 }
             } else {

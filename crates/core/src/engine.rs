@@ -11,10 +11,11 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::{self, DiscoveryEnv};
-use crate::envelope::{self, Envelope, Limits, Payload, RawEnvelope};
+use crate::envelope::{self, Encoding, Envelope, Limits, Payload, RawEnvelope};
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
 use crate::health::{Health, QueueHealth, Status};
+use crate::infer::{self, InferRequest, InferResponse, ModelMetadata};
 use crate::jobs::{BackendKind, JobOutput, JobResult, JobType, Target, Timings};
 use crate::model::{EmbedOptions, Embedder, EmbedderOptions};
 use crate::worker::{Worker, WorkerConfig, WorkerMode};
@@ -295,7 +296,7 @@ impl Engine {
         let envelope = with_deadline(self.decode(input), &call, ErrorCode::Timeout).await?;
         let decode_ms = ms(start.elapsed());
         let job = JobType::parse(&envelope.job_type);
-        let mut result = match self.route(&job, call.target).await? {
+        let mut result = match self.route(&job, &envelope.payload, call.target).await? {
             Route::Local => with_deadline(self.run_local(job, envelope, &call), &call, ErrorCode::Timeout).await?,
             Route::Worker(worker) => {
                 // The worker enforces the timeout itself (E_WORKER_TIMEOUT)
@@ -320,9 +321,14 @@ impl Engine {
         }
     }
 
-    async fn route(&self, job: &JobType, target: Target) -> Result<Route> {
+    async fn route(&self, job: &JobType, payload: &Payload, target: Target) -> Result<Route> {
         if target == Target::Worker {
             return Ok(Route::Worker(self.worker_for_explicit_target().await?));
+        }
+        // Inference runs here when the payload names this engine's model (or
+        // none); raw-byte payloads can only be for a worker (below).
+        if let (JobType::Inference, Payload::Json(p)) = (job, payload) {
+            return self.route_inference(infer::requested_model(p), target).await;
         }
         // A worker counts as configured when EngineOptions.worker named one
         // or CUDA_WORKER_PATH is set (the shared discovery rule 1).
@@ -337,8 +343,8 @@ impl Engine {
             (JobType::Echo | JobType::Embedding, _) => Ok(Route::Local),
             (JobType::Inference | JobType::Other(_), Some(worker)) if target == Target::Auto => Ok(Route::Worker(worker)),
             (JobType::Inference, _) => Err(err!(
-                UnknownType,
-                "job type `inference` has no local runner in this build and no worker is configured (EngineOptions.worker)"
+                InvalidArg,
+                "an `inference` payload must be a JSON request to run here (got raw bytes) and no worker is configured (EngineOptions.worker)"
             )),
             (JobType::Other(name), _) => Err(err!(
                 UnknownType,
@@ -366,9 +372,29 @@ impl Engine {
                 let result = serde_json::json!({ "model": info.name, "dims": info.dims, "embeddings": vectors });
                 (JobOutput::Json(result), "json", backend)
             }
-            JobType::Inference | JobType::Other(_) => {
-                return Err(CoreError::internal("route() sent a job without a local runner to run_local"))
+            JobType::Inference => {
+                let Payload::Json(payload) = envelope.payload else {
+                    return Err(CoreError::internal("route() sent a raw-byte inference payload to run_local"));
+                };
+                let embedder = self.embedder().await?;
+                let backend = if embedder.info().backend == "cuda" { BackendKind::Cuda } else { BackendKind::Cpu };
+                // No `inputs`: a metadata query (docs/infer.md).
+                let output = if infer::is_metadata_query(&payload) {
+                    let meta = infer::model_metadata(&embedder).to_json();
+                    match infer::requested_model(&payload) {
+                        Some(_) => meta,
+                        None => serde_json::json!({ "models": [meta] }),
+                    }
+                } else {
+                    let mut req = InferRequest::from_json(&payload)?;
+                    if req.id.is_none() {
+                        req.id = envelope.id.clone();
+                    }
+                    infer::run(&embedder, req, call.cancel.clone()).await?.to_json()
+                };
+                (JobOutput::Json(output), "json", backend)
             }
+            JobType::Other(_) => return Err(CoreError::internal("route() sent a job without a local runner to run_local")),
         };
         Ok(JobResult {
             id: envelope.id,
@@ -378,6 +404,74 @@ impl Engine {
             encoding,
             timings: Timings { run: ms(started.elapsed()), ..Timings::default() },
         })
+    }
+
+    /// Open Inference Protocol inference (docs/infer.md): runs on this
+    /// engine's model when `req.model_name` names it (or is absent), else on
+    /// the worker when one is configured and `call.target` allows it, else
+    /// `E_UNKNOWN_MODEL`. Admission, timeout and AbortSignal as for `embed`.
+    pub async fn infer(&self, req: InferRequest, call: CallOptions) -> Result<InferResponse> {
+        let _slot = self.admit()?;
+        if call.cancel.is_cancelled() {
+            return Err(CoreError::cancelled());
+        }
+        let start = Instant::now();
+        let route = with_deadline(self.route_inference(req.model_name.as_deref(), call.target), &call, ErrorCode::Timeout).await?;
+        match route {
+            Route::Local => {
+                let cancel = call.cancel.clone();
+                with_deadline(async { infer::run(&self.embedder().await?, req, cancel).await }, &call, ErrorCode::Timeout).await
+            }
+            Route::Worker(worker) => {
+                let envelope = Envelope {
+                    id: req.id.clone(),
+                    job_type: "inference".into(),
+                    payload: Payload::Json(req.to_json()),
+                    encoding: Encoding::Json,
+                };
+                // As in submit: the worker enforces what is left of the timeout.
+                let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
+                match worker.run(&envelope, remaining, call.cancel.clone()).await?.output {
+                    JobOutput::Json(v) => InferResponse::from_json(&v),
+                    JobOutput::Bytes(b) => {
+                        Err(err!(WorkerProtocol, "the worker answered an inference with {} raw bytes, not a JSON response", b.len()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Metadata of the models served here (the engine's encoder), in the
+    /// Open Inference Protocol's shape. Loads the model on first use.
+    pub async fn models(&self) -> Result<Vec<ModelMetadata>> {
+        Ok(vec![infer::model_metadata(&*self.embedder().await?)])
+    }
+
+    /// Where an inference for `model` runs: see [`Engine::infer`]. A local
+    /// model that fails to load routes to a configured worker, else its load
+    /// error is the answer.
+    async fn route_inference(&self, model: Option<&str>, target: Target) -> Result<Route> {
+        if target == Target::Worker {
+            return Ok(Route::Worker(self.worker_for_explicit_target().await?));
+        }
+        let local = self.embedder().await;
+        let worker = match (target, self.worker.get()) {
+            (Target::Auto, Some(w)) => Some(w.clone()),
+            (Target::Auto, None) if env_names_worker() => Some(self.worker_for_explicit_target().await?),
+            _ => None,
+        };
+        match (local, worker) {
+            (Ok(e), _) if model.is_none_or(|m| m == e.info().name) => Ok(Route::Local),
+            (_, Some(w)) => Ok(Route::Worker(w)),
+            (Ok(e), None) => Err(err!(
+                UnknownModel,
+                "model `{}` is not served here (this engine serves `{}`) and no worker is configured (EngineOptions.worker){}",
+                model.unwrap_or_default(),
+                e.info().name,
+                if target == Target::Local { "; target is 'local'" } else { "" }
+            )),
+            (Err(e), None) => Err(e),
+        }
     }
 
     /// The health report. Blocking on first use (probes CUDA).

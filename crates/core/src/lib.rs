@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod engine;
 pub mod envelope;
 pub mod health;
+pub mod infer;
 pub mod jobs;
 pub mod model;
 pub mod worker;

@@ -405,6 +405,22 @@ impl Embedder {
     }
 }
 
+impl Embedder {
+    /// The tensor API's forward pass (`crate::infer`, which validates ids and
+    /// lengths first): run already-tokenized sequences through the batching
+    /// queue and return, per sequence in order, the pooled vector (not
+    /// normalized) and, when `want_last_hidden`, the encoder's last hidden
+    /// state `[len, hidden]` (empty vectors otherwise).
+    pub async fn forward_tensors(
+        &self,
+        seqs: Vec<Encoded>,
+        want_last_hidden: bool,
+        cancel: CancellationToken,
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        self.batcher.submit_tensors(seqs, want_last_hidden, cancel).await
+    }
+}
+
 /// Build the backend `opts.device` asks for. `auto`: CUDA device 0 when it
 /// starts, else the CPU with a note saying why; `cuda`/index: that device or
 /// the error (`E_CUDA_UNAVAILABLE`, `E_GPU_OOM`); `cpu`: the CPU.
