@@ -114,10 +114,7 @@ test('worker errors map to 503 / 504 when a worker is configured', async (t) => 
   const svc = await startService(['--options', JSON.stringify({ worker: { path: sleeper, timeoutMs: 300 } })])
   t.after(svc.stop)
   const h = await (await fetch(`${svc.url}/api/v1/health`)).json()
-  if (h.worker.path === null) {
-    t.skip('the engine does not wire EngineOptions.worker yet (health().worker.path is null)')
-    return
-  }
+  assert.equal(h.worker.path, sleeper)
   let r = await post(svc.url, JSON.stringify({ type: 'custom_job', payload: {} }))
   let j = await r.json()
   assert.equal(r.status, 504, JSON.stringify(j))

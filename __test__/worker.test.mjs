@@ -23,22 +23,18 @@ function workerBin() {
   return found
 }
 
-/** Open an engine with a worker; null when the engine ignores the option. */
+/** Open an engine with a worker, closed when the test ends. */
 async function openWithWorker(t, worker) {
   const engine = await Engine.open({ worker })
   t.after(() => engine.close())
   const h = await engine.health()
-  if (h.worker.path === null) {
-    t.skip('the engine does not wire EngineOptions.worker yet (health().worker.path is null)')
-    return null
-  }
+  assert.ok(h.worker.path, 'health().worker.path names the configured worker')
   return engine
 }
 
 for (const mode of ['oneshot', 'persistent']) {
   test(`${mode}: echo JSON and bytes run in the worker`, async (t) => {
     const engine = await openWithWorker(t, { path: workerBin(), mode })
-    if (!engine) return
     const r = await engine.submit({ id: 'w1', type: 'echo', payload: { text: 'hi', n: [1, 2] } }, { target: 'worker' })
     assert.equal(r.backend, 'worker')
     assert.equal(r.id, 'w1')
@@ -57,7 +53,6 @@ for (const mode of ['oneshot', 'persistent']) {
 
 test('persistent: 200 concurrent jobs, one process, no restarts', async (t) => {
   const engine = await openWithWorker(t, { path: workerBin(), mode: 'persistent' })
-  if (!engine) return
   const results = await Promise.all(
     Array.from({ length: 200 }, (_, i) => engine.submit({ type: 'echo', payload: { i } }, { target: 'worker' })),
   )
@@ -73,7 +68,6 @@ test('a hung worker times out, an aborted call is cancelled', async (t) => {
   const sleeper = path.join(dir, 'sleeper.sh')
   fs.writeFileSync(sleeper, '#!/bin/sh\nsleep 100\n', { mode: 0o755 })
   const engine = await openWithWorker(t, { path: sleeper, timeoutMs: 300 })
-  if (!engine) return
   let t0 = Date.now()
   let e = await rejection(engine.submit({ type: 'slow', payload: {} }, { target: 'worker' }))
   assert.equal(e.code, 'E_WORKER_TIMEOUT', e.message)
@@ -86,25 +80,8 @@ test('a hung worker times out, an aborted call is cancelled', async (t) => {
   assert.ok(Date.now() - t0 < 1000)
 })
 
-test('a missing worker path is E_WORKER_NOT_FOUND naming it', async (t) => {
-  const e = await rejection(
-    (async () => {
-      const engine = await Engine.open({ worker: { path: '/nonexistent/cuda-worker' } })
-      try {
-        const h = await engine.health()
-        if (h.worker.path === null && !h.errors.some((x) => x.includes('nonexistent'))) {
-          // Not wired yet: nothing to check; make the rejection explicit.
-          const err = new Error('not wired')
-          err.code = 'SKIP'
-          throw err
-        }
-        await engine.submit({ type: 'echo', payload: 1 }, { target: 'worker' })
-      } finally {
-        await engine.close()
-      }
-    })(),
-  )
-  if (e.code === 'SKIP') return t.skip('the engine does not wire EngineOptions.worker yet')
+test('a missing worker path is E_WORKER_NOT_FOUND naming it, at Engine.open', async () => {
+  const e = await rejection(Engine.open({ worker: { path: '/nonexistent/cuda-worker' } }))
   assert.equal(e.code, 'E_WORKER_NOT_FOUND')
   assert.match(e.message, /nonexistent\/cuda-worker/)
 })
