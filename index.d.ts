@@ -82,6 +82,79 @@ export interface EmbedOptions extends CallOptions {
 }
 
 
+/** Open Inference Protocol (KServe v2) tensor datatypes. */
+export type InferDatatype =
+  | 'BOOL' | 'UINT8' | 'UINT16' | 'UINT32' | 'UINT64'
+  | 'INT8' | 'INT16' | 'INT32' | 'INT64'
+  | 'FP16' | 'FP32' | 'FP64' | 'BYTES'
+
+/** Tensor data as given to `infer()`: the typed array that matches the
+ * datatype (BOOL/UINT8: Uint8Array, INT64: BigInt64Array, FP16: Uint16Array
+ * of binary16 bits, ...), a Uint8Array/Buffer of little-endian bytes for any
+ * fixed-size datatype, or a flat or nested plain array (numbers, bigints,
+ * booleans; strings or Uint8Arrays for BYTES). */
+export type InferTensorData =
+  | Uint8Array | Int8Array | Uint16Array | Int16Array | Uint32Array | Int32Array
+  | BigUint64Array | BigInt64Array | Float32Array | Float64Array
+  | ReadonlyArray<unknown>
+
+/** A request input (docs/infer.md). The product of `shape` must equal the number of elements. */
+export interface InferTensor {
+  name: string
+  shape: number[]
+  datatype: InferDatatype
+  data: InferTensorData
+  parameters?: Record<string, unknown>
+}
+
+export interface InferRequest {
+  /** Echoed in the response (a generated id when absent). */
+  id?: string
+  /** Default: the engine's model. Other names go to the worker (`target: 'auto'`), else `E_UNKNOWN_MODEL`. */
+  model_name?: string
+  model_version?: string
+  /** `normalize?: boolean` (sentence_embedding), `truncate?: boolean` (text, default true). */
+  parameters?: Record<string, unknown>
+  /** The encoder: `input_ids` (+ `attention_mask`, `token_type_ids`), INT64 or INT32 [batch, seq]; or `text`, BYTES [batch]. */
+  inputs: InferTensor[]
+  /** Which outputs to compute and return; default all (`last_hidden_state`, `sentence_embedding`, and `input_ids`/`attention_mask` for text). */
+  outputs?: Array<{ name: string; parameters?: Record<string, unknown> }>
+}
+
+/** A response output: `data` is the typed array of its datatype (FP32: Float32Array, INT64: BigInt64Array, FP16: Uint16Array of bits, BOOL: Uint8Array); BYTES: string[]. */
+export interface InferOutputTensor {
+  name: string
+  shape: number[]
+  datatype: InferDatatype
+  data: Uint8Array | Int8Array | Uint16Array | Int16Array | Uint32Array | Int32Array | BigUint64Array | BigInt64Array | Float32Array | Float64Array | Array<string | Buffer>
+  parameters?: Record<string, unknown>
+}
+
+export interface InferResponse {
+  model_name: string
+  model_version?: string
+  id: string
+  outputs: InferOutputTensor[]
+}
+
+/** A tensor in model metadata; -1 marks a variable dimension. */
+export interface TensorMetadata {
+  name: string
+  datatype: InferDatatype
+  shape: number[]
+}
+
+/** Model metadata in the protocol's shape (`GET v2/models/{name}`), plus `parameters`
+ * (max_sequence_length, vocab_size, hidden_size, pooling, normalize, backend). */
+export interface ModelMetadata {
+  name: string
+  versions: string[]
+  platform: string
+  inputs: TensorMetadata[]
+  outputs: TensorMetadata[]
+  parameters: Record<string, unknown>
+}
+
 /**
  * Which binding artifact the generated loader actually loaded: `'native'` for
  * a native addon, otherwise the `platformArchABI` of the WASI flavor. Every
@@ -95,6 +168,10 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  * The module-level functions use a default engine opened from the environment.
  */
 export declare class Engine {
+  /** Open Inference Protocol inference (see the module-level `infer`). */
+  infer(request: InferRequest, options?: CallOptions): Promise<InferResponse>
+  /** Metadata of this engine's models. */
+  models(): Promise<ModelMetadata[]>
   /**
    * Open an engine. Rejects with a coded error for bad options, a missing
    * model, or `device: 'cuda'` where CUDA is unavailable.
@@ -133,6 +210,15 @@ export declare function findCudaWorkerPath(options?: { baseDir?: string }): stri
 
 /** Engine state: CUDA availability, devices, worker candidates, model, queue. */
 export declare function health(): Promise<Health>
+
+/**
+ * Open Inference Protocol (KServe v2) inference on the engine's model, or
+ * on the worker for other models (docs/infer.md). Outputs are typed arrays.
+ */
+export declare function infer(request: InferRequest, options?: CallOptions): Promise<InferResponse>
+
+/** Metadata of the models served locally, in the protocol's shape. */
+export declare function models(): Promise<ModelMetadata[]>
 
 /**
  * Run a job envelope: `{type, payload}` or `{type, payload_b64}`, given as an

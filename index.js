@@ -840,4 +840,6 @@ module.exports.discoveryCandidates = nativeBinding.discoveryCandidates
 module.exports.embed = nativeBinding.embed
 module.exports.findCudaWorkerPath = nativeBinding.findCudaWorkerPath
 module.exports.health = nativeBinding.health
+module.exports.infer = nativeBinding.infer
+module.exports.models = nativeBinding.models
 module.exports.submit = nativeBinding.submit

@@ -6,6 +6,7 @@
 mod convert;
 mod embed;
 mod error;
+mod infer;
 mod task;
 
 use std::sync::Arc;

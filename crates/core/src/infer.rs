@@ -384,6 +384,32 @@ impl ElemBuilder {
         Ok(())
     }
 
+    /// Append a whole chunk of the same datatype (a typed array nested in a
+    /// plain array). The caller has already matched its datatype.
+    pub fn extend(&mut self, chunk: TensorData, what: &str) -> Result<()> {
+        macro_rules! cat {
+            ($($v:ident),*) => {
+                match (&mut self.data, chunk) {
+                    $((TensorData::$v(a), TensorData::$v(b)) => a.extend(b),)*
+                    (a, b) => {
+                        return Err(err!(InvalidArg, "{what}: a {} chunk inside {} data", b.datatype().as_str(), a.datatype().as_str()))
+                    }
+                }
+            };
+        }
+        cat!(Bool, Uint8, Uint16, Uint32, Uint64, Int8, Int16, Int32, Int64, Fp16, Fp32, Fp64, Bytes);
+        Ok(())
+    }
+
+    /// Elements pushed so far.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
     pub fn finish(self) -> TensorData {
         self.data
     }

@@ -1,0 +1,457 @@
+//! `infer(request, options)` and `models()`: Open Inference Protocol
+//! tensors between JS and the core (docs/infer.md).
+//!
+//! Tensor `data` is read straight from typed arrays (one copy, no JSON) or
+//! walked from plain (flat or nested) arrays; outputs come back as typed
+//! arrays that own the Rust buffers. Everything is copied on the JS thread;
+//! validation against the model runs in the core before any compute.
+
+use std::ptr;
+
+use cuda_engine_core::err;
+use cuda_engine_core::infer::{DataType, Elem, ElemBuilder, InferRequest, InferResponse, InferTensor, RequestedOutput, TensorData};
+use cuda_engine_core::{CoreError, Result};
+use napi::bindgen_prelude::*;
+use napi::sys;
+use napi_derive::napi;
+use serde_json::{Map, Value};
+
+use crate::convert::{call_options, json_to_js, JsVal, JsonWalker, ParsedCall};
+use crate::task::spawn_job;
+use crate::{Engine, EngineRef};
+
+/// Nesting accepted in a plain `data` array ([batch, seq, hidden] is 3).
+const MAX_DATA_DEPTH: usize = 32;
+
+fn ok(s: sys::napi_status, what: &str) -> Result<()> {
+    if s == sys::Status::napi_ok {
+        Ok(())
+    } else {
+        Err(CoreError::internal(format!("N-API call failed while reading {what} (status {s})")))
+    }
+}
+
+/// A typed array's kind and contents, borrowed for this synchronous call.
+struct TypedView {
+    kind: sys::napi_typedarray_type,
+    data: *const u8,
+    len: usize,
+}
+
+impl TypedView {
+    fn of(env: sys::napi_env, v: JsVal) -> Result<Option<TypedView>> {
+        let mut is = false;
+        // SAFETY: env and value come from the current N-API call.
+        ok(unsafe { sys::napi_is_typedarray(env, v.raw(), &mut is) }, "a typed array")?;
+        if !is {
+            return Ok(None);
+        }
+        let (mut kind, mut len, mut data, mut ab, mut off) = (0, 0usize, ptr::null_mut(), ptr::null_mut(), 0usize);
+        // SAFETY: the value is a typed array (checked above).
+        ok(unsafe { sys::napi_get_typedarray_info(env, v.raw(), &mut kind, &mut len, &mut data, &mut ab, &mut off) }, "a typed array")?;
+        Ok(Some(TypedView { kind, data: data as *const u8, len }))
+    }
+
+    fn name(&self) -> &'static str {
+        use sys::TypedarrayType as T;
+        match self.kind {
+            T::int8_array => "an Int8Array",
+            T::uint8_array => "a Uint8Array",
+            T::uint8_clamped_array => "a Uint8ClampedArray",
+            T::int16_array => "an Int16Array",
+            T::uint16_array => "a Uint16Array",
+            T::int32_array => "an Int32Array",
+            T::uint32_array => "a Uint32Array",
+            T::float32_array => "a Float32Array",
+            T::float64_array => "a Float64Array",
+            T::bigint64_array => "a BigInt64Array",
+            T::biguint64_array => "a BigUint64Array",
+            _ => "an unsupported typed array",
+        }
+    }
+
+    /// Copy the elements as `T` (the caller matched `T` to the kind).
+    fn copy<T: Copy>(&self) -> Vec<T> {
+        if self.len == 0 {
+            return Vec::new();
+        }
+        // SAFETY: a typed array's data pointer is aligned for its element
+        // type and holds `len` elements, alive during this synchronous call.
+        unsafe { std::slice::from_raw_parts(self.data as *const T, self.len) }.to_vec()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: only called for Uint8Array / Uint8ClampedArray (1 byte each).
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+
+    /// The tensor data this typed array carries for `dt`: the matching
+    /// typed array (Uint16Array carries FP16 bits), or a Uint8Array/Buffer of
+    /// little-endian bytes for any fixed-size type.
+    fn tensor(&self, dt: DataType, what: &str) -> Result<TensorData> {
+        use sys::TypedarrayType as T;
+        let is_u8 = self.kind == T::uint8_array || self.kind == T::uint8_clamped_array;
+        Ok(match (dt, self.kind) {
+            (DataType::Uint8, _) if is_u8 => TensorData::Uint8(self.bytes().to_vec()),
+            (DataType::Bytes, _) => {
+                return Err(err!(InvalidArg, "{what}: BYTES data must be an array of strings or Uint8Arrays, got {}", self.name()))
+            }
+            (_, _) if is_u8 => TensorData::from_le_bytes(dt, self.bytes(), what)?,
+            (DataType::Int8, T::int8_array) => TensorData::Int8(self.copy()),
+            (DataType::Uint16, T::uint16_array) => TensorData::Uint16(self.copy()),
+            (DataType::Fp16, T::uint16_array) => TensorData::Fp16(self.copy()),
+            (DataType::Int16, T::int16_array) => TensorData::Int16(self.copy()),
+            (DataType::Uint32, T::uint32_array) => TensorData::Uint32(self.copy()),
+            (DataType::Int32, T::int32_array) => TensorData::Int32(self.copy()),
+            (DataType::Fp32, T::float32_array) => TensorData::Fp32(self.copy()),
+            (DataType::Fp64, T::float64_array) => TensorData::Fp64(self.copy()),
+            (DataType::Int64, T::bigint64_array) => TensorData::Int64(self.copy()),
+            (DataType::Uint64, T::biguint64_array) => TensorData::Uint64(self.copy()),
+            _ => {
+                return Err(err!(
+                    InvalidArg,
+                    "{what}: datatype {} does not match {} (use {}, a plain array, or a Uint8Array of little-endian bytes)",
+                    dt.as_str(),
+                    self.name(),
+                    typed_array_for(dt)
+                ))
+            }
+        })
+    }
+}
+
+/// The typed array that carries `dt` (for messages and typings).
+fn typed_array_for(dt: DataType) -> &'static str {
+    match dt {
+        DataType::Bool | DataType::Uint8 => "a Uint8Array",
+        DataType::Int8 => "an Int8Array",
+        DataType::Uint16 => "a Uint16Array",
+        DataType::Fp16 => "a Uint16Array of FP16 bits",
+        DataType::Int16 => "an Int16Array",
+        DataType::Uint32 => "a Uint32Array",
+        DataType::Int32 => "an Int32Array",
+        DataType::Fp32 => "a Float32Array",
+        DataType::Fp64 => "a Float64Array",
+        DataType::Int64 => "a BigInt64Array",
+        DataType::Uint64 => "a BigUint64Array",
+        DataType::Bytes => "an array of strings",
+    }
+}
+
+fn bigint(env: sys::napi_env, v: JsVal) -> Result<i128> {
+    let (mut sign, mut count) = (0i32, 0usize);
+    // SAFETY: null sign and buffer ask for the word count only (Node
+    // rejects a sign pointer without a buffer).
+    ok(unsafe { sys::napi_get_value_bigint_words(env, v.raw(), ptr::null_mut(), &mut count, ptr::null_mut()) }, "a BigInt")?;
+    if count > 2 {
+        // Beyond any tensor type: report it as out of range.
+        return Ok(if sign == 1 { i128::MIN } else { i128::MAX });
+    }
+    let mut words = [0u64; 2];
+    let mut n = words.len();
+    // SAFETY: `words` has room for `n` (>= count) words.
+    ok(unsafe { sys::napi_get_value_bigint_words(env, v.raw(), &mut sign, &mut n, words.as_mut_ptr()) }, "a BigInt")?;
+    let mag = (words[0] as u128) | ((words[1] as u128) << 64);
+    Ok(match (sign == 1, i128::try_from(mag)) {
+        (false, Ok(x)) => x,
+        (true, Ok(x)) => -x,
+        (false, Err(_)) => i128::MAX,
+        (true, Err(_)) => i128::MIN,
+    })
+}
+
+/// Walk a plain (possibly nested) array into `out`, row-major.
+fn walk_data(env: sys::napi_env, v: JsVal, out: &mut ElemBuilder, dt: DataType, what: &str, depth: usize) -> Result<()> {
+    if depth > MAX_DATA_DEPTH {
+        return Err(err!(InvalidArg, "{what}: `data` is nested deeper than {MAX_DATA_DEPTH} levels"));
+    }
+    let n = v.array_len()?;
+    for i in 0..n {
+        let x = v.element(i)?;
+        let idx = out.len();
+        let elem = match x.type_of()? {
+            sys::ValueType::napi_number => {
+                let f = x.number()?;
+                if f.is_finite() && f.fract() == 0.0 && f.abs() < 1.8e19 {
+                    Elem::Int(f as i128)
+                } else {
+                    Elem::Float(f)
+                }
+            }
+            sys::ValueType::napi_bigint => Elem::Int(bigint(env, x)?),
+            sys::ValueType::napi_boolean => Elem::Bool(x.boolean()?),
+            sys::ValueType::napi_string => Elem::Bytes(x.string()?.into_bytes()),
+            sys::ValueType::napi_object if x.is_array() => {
+                walk_data(env, x, out, dt, what, depth + 1)?;
+                continue;
+            }
+            sys::ValueType::napi_object => match TypedView::of(env, x)? {
+                // A Uint8Array inside BYTES data is one element.
+                Some(t) if dt == DataType::Bytes && (t.kind == sys::TypedarrayType::uint8_array) => Elem::Bytes(t.bytes().to_vec()),
+                // Rows given as typed arrays (e.g. embed()'s Float32Array[]).
+                Some(t) => {
+                    out.extend(t.tensor(dt, what)?, what)?;
+                    continue;
+                }
+                None => return Err(err!(InvalidArg, "{what}: data[{idx}] is an object, not a {} element", dt.as_str())),
+            },
+            _ => return Err(err!(InvalidArg, "{what}: data[{idx}] is {}, not a {} element", x.kind_name(), dt.as_str())),
+        };
+        out.push(elem, idx, what)?;
+    }
+    Ok(())
+}
+
+fn read_data(env: sys::napi_env, v: JsVal, dt: DataType, what: &str) -> Result<TensorData> {
+    if let Some(t) = TypedView::of(env, v)? {
+        return t.tensor(dt, what);
+    }
+    if v.type_of()? != sys::ValueType::napi_object || !v.is_array() {
+        return Err(err!(
+            InvalidArg,
+            "{what}: `data` must be {} or a plain (flat or nested) array, got {}",
+            typed_array_for(dt),
+            v.kind_name()
+        ));
+    }
+    let mut b = ElemBuilder::new(dt, v.array_len()? as usize);
+    walk_data(env, v, &mut b, dt, what, 0)?;
+    Ok(b.finish())
+}
+
+fn opt_str(v: JsVal, key: &std::ffi::CStr, field: &str, numbers_too: bool) -> Result<Option<String>> {
+    let x = v.get(key)?;
+    match x.type_of()? {
+        sys::ValueType::napi_undefined | sys::ValueType::napi_null => Ok(None),
+        sys::ValueType::napi_string => Ok(Some(x.string()?)),
+        sys::ValueType::napi_number if numbers_too => {
+            let n = x.number()?;
+            Ok(Some(if n.fract() == 0.0 && n.abs() < 9e15 { format!("{}", n as i64) } else { n.to_string() }))
+        }
+        _ => Err(err!(InvalidArg, "`{field}` must be a string, got {}", x.kind_name())),
+    }
+}
+
+fn params(v: JsVal, field: &str, walker: &mut JsonWalker) -> Result<Option<Map<String, Value>>> {
+    let p = v.get(c"parameters")?;
+    if p.is_nullish()? {
+        return Ok(None);
+    }
+    let mut path = format!("{field}parameters");
+    match walker.to_json(p, &mut path, 1)? {
+        Some(Value::Object(m)) => Ok(Some(m)),
+        _ => Err(err!(InvalidArg, "`{field}parameters` must be an object, got {}", p.kind_name())),
+    }
+}
+
+fn read_tensor(env: sys::napi_env, v: JsVal, field: &str, walker: &mut JsonWalker) -> Result<InferTensor> {
+    if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
+        return Err(err!(InvalidArg, "`{field}` must be an object {{name, shape, datatype, data}}, got {}", v.kind_name()));
+    }
+    let name = opt_str(v, c"name", &format!("{field}.name"), false)?
+        .ok_or_else(|| err!(InvalidArg, "`{field}.name` must be a string"))?;
+    let what = format!("input `{name}`");
+    let dt = match opt_str(v, c"datatype", &format!("{what}: datatype"), false)? {
+        Some(s) => DataType::parse(&s).ok_or_else(|| {
+            let all: Vec<&str> = DataType::ALL.iter().map(|d| d.as_str()).collect();
+            err!(InvalidArg, "{what}: datatype `{s}` is not one of {}", all.join(", "))
+        })?,
+        None => return Err(err!(InvalidArg, "{what}: `datatype` is missing")),
+    };
+    let shape_v = v.get(c"shape")?;
+    let bad_shape = || err!(InvalidArg, "{what}: `shape` must be an array of non-negative integers");
+    if !shape_v.is_array() {
+        return Err(bad_shape());
+    }
+    let mut shape = Vec::new();
+    for i in 0..shape_v.array_len()? {
+        let d = shape_v.element(i)?;
+        let n = match d.type_of()? {
+            sys::ValueType::napi_number => d.number()?,
+            sys::ValueType::napi_bigint => bigint(env, d)? as f64,
+            _ => return Err(bad_shape()),
+        };
+        if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= usize::MAX as f64) {
+            return Err(err!(InvalidArg, "{what}: `shape` must be an array of non-negative integers, got {n} at [{i}]"));
+        }
+        shape.push(n as usize);
+    }
+    let data_v = v.get(c"data")?;
+    if data_v.is_nullish()? {
+        return Err(err!(InvalidArg, "{what}: `data` is missing"));
+    }
+    let data = read_data(env, data_v, dt, &what)?;
+    let parameters = params(v, &format!("{field}."), walker)?;
+    Ok(InferTensor { name, shape, data, parameters })
+}
+
+/// Read `infer()`'s request object on the JS thread (copies only).
+pub fn infer_request(env: sys::napi_env, v: JsVal, walker: &mut JsonWalker) -> Result<InferRequest> {
+    if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
+        return Err(err!(InvalidArg, "infer() takes a request object {{inputs: [...]}}, got {}", v.kind_name()));
+    }
+    let inputs_v = v.get(c"inputs")?;
+    if !inputs_v.is_array() {
+        return Err(err!(InvalidArg, "`inputs` must be an array of tensors {{name, shape, datatype, data}}, got {}", inputs_v.kind_name()));
+    }
+    let mut inputs = Vec::new();
+    for i in 0..inputs_v.array_len()? {
+        inputs.push(read_tensor(env, inputs_v.element(i)?, &format!("inputs[{i}]"), walker)?);
+    }
+    let outputs_v = v.get(c"outputs")?;
+    let outputs = if outputs_v.is_nullish()? {
+        None
+    } else if outputs_v.is_array() {
+        let mut outs = Vec::new();
+        for i in 0..outputs_v.array_len()? {
+            let o = outputs_v.element(i)?;
+            if o.type_of()? != sys::ValueType::napi_object {
+                return Err(err!(InvalidArg, "`outputs[{i}]` must be an object {{name}}, got {}", o.kind_name()));
+            }
+            let field = format!("outputs[{i}]");
+            let name = opt_str(o, c"name", &format!("{field}.name"), false)?
+                .ok_or_else(|| err!(InvalidArg, "`{field}.name` must be a string"))?;
+            outs.push(RequestedOutput { name, parameters: params(o, &format!("{field}."), walker)? });
+        }
+        Some(outs)
+    } else {
+        return Err(err!(InvalidArg, "`outputs` must be an array of {{name}}, got {}", outputs_v.kind_name()));
+    };
+    Ok(InferRequest {
+        id: opt_str(v, c"id", "id", true)?,
+        model_name: opt_str(v, c"model_name", "model_name", false)?,
+        model_version: opt_str(v, c"model_version", "model_version", false)?,
+        parameters: params(v, "", walker)?.unwrap_or_default(),
+        inputs,
+        outputs,
+    })
+}
+
+/// Tensor data as the typed array that carries its datatype; BYTES as an
+/// array of strings (a Buffer for an element that is not UTF-8).
+fn data_to_js(env: &Env, data: TensorData) -> napi::Result<Unknown<'_>> {
+    match data {
+        TensorData::Bool(v) => Uint8Array::new(v.into_iter().map(u8::from).collect()).into_unknown(env),
+        TensorData::Uint8(v) => Uint8Array::new(v).into_unknown(env),
+        TensorData::Int8(v) => Int8Array::new(v).into_unknown(env),
+        TensorData::Uint16(v) | TensorData::Fp16(v) => Uint16Array::new(v).into_unknown(env),
+        TensorData::Int16(v) => Int16Array::new(v).into_unknown(env),
+        TensorData::Uint32(v) => Uint32Array::new(v).into_unknown(env),
+        TensorData::Int32(v) => Int32Array::new(v).into_unknown(env),
+        TensorData::Uint64(v) => BigUint64Array::new(v).into_unknown(env),
+        TensorData::Int64(v) => BigInt64Array::new(v).into_unknown(env),
+        TensorData::Fp32(v) => Float32Array::new(v).into_unknown(env),
+        TensorData::Fp64(v) => Float64Array::new(v).into_unknown(env),
+        TensorData::Bytes(items) => {
+            let mut arr = env.create_array(items.len() as u32)?;
+            for (i, b) in items.into_iter().enumerate() {
+                match String::from_utf8(b) {
+                    Ok(s) => arr.set(i as u32, s)?,
+                    Err(e) => arr.set(i as u32, Buffer::from(e.into_bytes()))?,
+                }
+            }
+            arr.into_unknown(env)
+        }
+    }
+}
+
+pub fn response_to_js(env: &Env, r: InferResponse) -> napi::Result<Unknown<'_>> {
+    let mut obj = Object::new(env)?;
+    obj.set_named_property("model_name", r.model_name)?;
+    if let Some(v) = r.model_version {
+        obj.set_named_property("model_version", v)?;
+    }
+    obj.set_named_property("id", r.id)?;
+    let mut outs = env.create_array(r.outputs.len() as u32)?;
+    for (i, t) in r.outputs.into_iter().enumerate() {
+        let mut o = Object::new(env)?;
+        o.set_named_property("name", t.name)?;
+        o.set_named_property("shape", t.shape.iter().map(|&d| d as f64).collect::<Vec<f64>>())?;
+        o.set_named_property("datatype", t.data.datatype().as_str())?;
+        if let Some(p) = t.parameters {
+            o.set_named_property("parameters", json_to_js(env, &Value::Object(p))?)?;
+        }
+        o.set_named_property("data", data_to_js(env, t.data)?)?;
+        outs.set(i as u32, o)?;
+    }
+    obj.set_named_property("outputs", outs)?;
+    obj.into_unknown(env)
+}
+
+pub fn infer_impl<'e>(
+    env: &'e Env,
+    engine: EngineRef,
+    request: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+    let raw_env = env.raw();
+    // Bad arguments reject the Promise (never throw synchronously).
+    let (parsed, bad_options) = match call_options(options.map(|o| JsVal::new(raw_env, o.value().value))) {
+        Ok(parsed) => (parsed, None),
+        Err(e) => (ParsedCall::default(), Some(e)),
+    };
+    let mut walker = JsonWalker::new(&engine.limits());
+    let request = infer_request(raw_env, JsVal::new(raw_env, request.value().value), &mut walker);
+    spawn_job(
+        env,
+        parsed,
+        move |call| async move {
+            if let Some(e) = bad_options {
+                return Err(e);
+            }
+            engine.get().await?.infer(request?, call).await
+        },
+        response_to_js,
+    )
+}
+
+pub fn models_impl(env: &Env, engine: EngineRef) -> napi::Result<PromiseRaw<'_, Unknown<'_>>> {
+    spawn_job(
+        env,
+        ParsedCall::default(),
+        move |_| async move {
+            let models = engine.get().await?.models().await?;
+            Ok(Value::Array(models.iter().map(|m| m.to_json()).collect()))
+        },
+        |env, v| json_to_js(env, &v),
+    )
+}
+
+/// Open Inference Protocol (KServe v2) inference on the engine's model, or
+/// on the worker for other models (docs/infer.md). Outputs are typed arrays.
+#[napi(
+    catch_unwind,
+    ts_args_type = "request: InferRequest, options?: CallOptions",
+    ts_return_type = "Promise<InferResponse>"
+)]
+pub fn infer<'e>(env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+    infer_impl(env, EngineRef::Default, request, options)
+}
+
+/// Metadata of the models served locally, in the protocol's shape.
+#[napi(catch_unwind, ts_return_type = "Promise<ModelMetadata[]>")]
+pub fn models(env: &Env) -> napi::Result<PromiseRaw<'_, Unknown<'_>>> {
+    models_impl(env, EngineRef::Default)
+}
+
+#[napi]
+impl Engine {
+    /// Open Inference Protocol inference (see the module-level `infer`).
+    #[napi(
+        catch_unwind,
+        ts_args_type = "request: InferRequest, options?: CallOptions",
+        ts_return_type = "Promise<InferResponse>"
+    )]
+    pub fn infer<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+        infer_impl(env, EngineRef::Open(self.inner.clone()), request, options)
+    }
+
+    /// Metadata of this engine's models.
+    #[napi(catch_unwind, ts_return_type = "Promise<ModelMetadata[]>")]
+    pub fn models<'e>(&self, env: &'e Env) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+        models_impl(env, EngineRef::Open(self.inner.clone()))
+    }
+}
