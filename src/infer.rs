@@ -427,12 +427,16 @@ pub fn models_impl(env: &Env, engine: EngineRef) -> napi::Result<PromiseRaw<'_, 
     ts_args_type = "request: InferRequest, options?: CallOptions",
     ts_return_type = "Promise<InferResponse>"
 )]
+// napi registers it at load; `cargo test` builds don't, so only they see it unused.
+#[cfg_attr(test, allow(dead_code))]
 pub fn infer<'e>(env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
     infer_impl(env, EngineRef::Default, request, options)
 }
 
 /// Metadata of the models served locally, in the protocol's shape.
 #[napi(catch_unwind, ts_return_type = "Promise<ModelMetadata[]>")]
+// napi registers it at load; `cargo test` builds don't, so only they see it unused.
+#[cfg_attr(test, allow(dead_code))]
 pub fn models(env: &Env) -> napi::Result<PromiseRaw<'_, Unknown<'_>>> {
     models_impl(env, EngineRef::Default)
 }

@@ -419,8 +419,14 @@ impl Engine {
         let route = with_deadline(self.route_inference(req.model_name.as_deref(), call.target), &call, ErrorCode::Timeout).await?;
         match route {
             Route::Local => {
+                // The deadline counts from the call, not from here (routing
+                // may have loaded the model).
+                let rest = CallOptions {
+                    timeout: call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1))),
+                    ..call.clone()
+                };
                 let cancel = call.cancel.clone();
-                with_deadline(async { infer::run(&self.embedder().await?, req, cancel).await }, &call, ErrorCode::Timeout).await
+                with_deadline(async { infer::run(&self.embedder().await?, req, cancel).await }, &rest, ErrorCode::Timeout).await
             }
             Route::Worker(worker) => {
                 let envelope = Envelope {

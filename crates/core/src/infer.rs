@@ -40,7 +40,7 @@ use serde_json::{Map, Number, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::err;
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, ErrorCode, Result};
 use crate::model::{l2_normalize, Embedder, Encoded, TextTokenizer};
 
 /// Tensor element types of the protocol.
@@ -870,7 +870,8 @@ fn validate(req: &InferRequest, m: &ModelLimits, tok: &TextTokenizer) -> Result<
                 let s = std::str::from_utf8(b)
                     .map_err(|e| err!(InvalidArg, "input `text`: element {i} is not valid UTF-8 ({e})"))?;
                 let enc = tok.encode(s, i, truncate).map_err(|e| {
-                    err!(InvalidArg, "input `text`: element {i}: {} (parameters.truncate = false)", e.message)
+                    let why = if e.code == ErrorCode::TooLong { " (parameters.truncate is false)" } else { "" };
+                    err!(InvalidArg, "input `text`: element {i}: {}{why}", e.message)
                 })?;
                 seqs.push(enc);
             }
