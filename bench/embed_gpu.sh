@@ -23,7 +23,7 @@ CUDA_ENGINE_MODEL=$MODEL node -e "const m=require('./index.js'); m.embed('hello'
 
 for dt in ${DTYPES:-fp16 fp32}; do
   echo "== cuda-engine $dt =="
-  node bench/embed_gpu.mjs --model "$MODEL" --corpus bench/out/corpus.txt --short bench/out/short.txt --dtype $dt --json "$R/ours_$dt.json"
+  node --expose-gc bench/embed_gpu.mjs --model "$MODEL" --corpus bench/out/corpus.txt --short bench/out/short.txt --dtype $dt --json "$R/ours_$dt.json"
 done
 echo "== sentence-transformers fp16 =="
 PYTHONUNBUFFERED=1 python3 .gpu/bench/st_baseline.py "$MODEL" bench/out/corpus.txt --dtype fp16 --single bench/out/short.txt | tee "$R/st_fp16.json"

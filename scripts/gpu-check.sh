@@ -43,7 +43,9 @@ if [ "${1:-}" = "--print" ]; then
 fi
 
 mkdir -p .gpu/bin .gpu/model .gpu/addon .gpu/bench
-grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+EXCLUDE=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$EXCLUDE")"
+grep -qx '/.gpu/' "$EXCLUDE" 2>/dev/null || echo '/.gpu/' >> "$EXCLUDE"
 
 # 1. Test binaries (release) and the addon.
 echo "building test binaries…" >&2
@@ -91,11 +93,12 @@ if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(os.path.j
 print(f"  {dst}: {sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(dst) for f in fs) / 2**20:.1f} MiB", file=sys.stderr)
 PY
 
-# 4. Benchmark helpers (../shared does not travel). The baseline forces fp32
-#    weights for --dtype fp32 (the carried model stores fp16).
+# 4. Benchmark helpers (../shared does not travel). The carried model stores
+#    fp16, so the baseline first casts to fp32 (`m.float()`): both baselines
+#    then start from fp32 weights as with the original file (fp16: `.half()`).
 cp "$SHARED_BENCH/make_corpus.py" .gpu/bench/
-sed 's/^if a.dtype == "fp16":$/if a.dtype == "fp32":\n    m.float()\nif a.dtype == "fp16":/' "$SHARED_BENCH/st_baseline.py" > .gpu/bench/st_baseline.py
-grep -q 'm.float()' .gpu/bench/st_baseline.py
+sed 's/^m = SentenceTransformer(a.model, device=a.device)$/&\nm.float()/' "$SHARED_BENCH/st_baseline.py" > .gpu/bench/st_baseline.py
+grep -q '^m.float()' .gpu/bench/st_baseline.py
 
 du -sh .gpu/model .gpu/bin .gpu/node.xz .gpu/addon .gpu/bench >&2
 print_commands

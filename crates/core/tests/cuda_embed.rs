@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use cuda_engine_core::backend::cpu::CpuBackend;
-use cuda_engine_core::backend::cuda::{CudaBackend, CudaOptions, Dtype};
+use cuda_engine_core::backend::cuda::{CudaBackend, CudaOptions, Dtype, QkvMode};
 use cuda_engine_core::backend::{Backend, TokenBatch};
 use cuda_engine_core::model::{
     BertWeights, DevicePreference, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, TextTokenizer,
@@ -377,5 +377,46 @@ fn cuda_forward_timings() {
             );
         }
         eprintln!("{} status {:?}", dtype.as_str(), be.status());
+    }
+}
+
+/// Per-op GPU time of full 16k-token passes (synchronizing after every op),
+/// printed when each backend drops, for each Q/K/V GEMM form; the forms
+/// must agree.
+#[test]
+#[ignore]
+fn cuda_profile_big_pass() {
+    if !gpu("cuda_profile_big_pass") {
+        return;
+    }
+    let (w, config, tok) = parts();
+    let h = config.bert.hidden_size;
+    let ts: Vec<String> = (0..430).map(|i| format!("{i} {}", "lorem ipsum dolor sit amet consectetur ".repeat(4 + i % 6))).collect();
+    let mut n = ts.len();
+    let mut b = batch_of(&tok, &ts);
+    while b.total_tokens() > 16_384 {
+        n -= 1;
+        b = batch_of(&tok, &ts[..n]);
+    }
+    let mut reference: Option<Vec<f32>> = None;
+    for (dtype, qkv_mode) in
+        [(Dtype::F16, QkvMode::Fused), (Dtype::F16, QkvMode::Batched), (Dtype::F16, QkvMode::Split), (Dtype::F32, QkvMode::Batched)]
+    {
+        let be = CudaBackend::new(&w, &config, &CudaOptions { dtype, qkv_mode, profile: true, ..Default::default() }).unwrap();
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            out = be.forward(&b, false).unwrap().pooled;
+        }
+        match &reference {
+            None => reference = Some(out),
+            Some(r) => {
+                for s in 0..b.n_seqs() {
+                    let c = cosine(&out[s * h..(s + 1) * h], &r[s * h..(s + 1) * h]);
+                    assert!(c >= 0.9999, "{qkv_mode:?} {}: seq {s} cosine vs fused fp16 {c}", dtype.as_str());
+                }
+            }
+        }
+        eprintln!("{} {qkv_mode:?}: 20 passes of {} tokens / {} sequences (+1 warm-up pass of 3 tokens)", dtype.as_str(), b.total_tokens(), b.n_seqs());
+        drop(be);
     }
 }

@@ -20,6 +20,7 @@
 //! pooling skip. So one graph serves every chunk of its bucket, with the
 //! kernels' shapes baked in and only the pinned input contents changing.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use cudarc::driver::{CudaContext, CudaGraph, CudaStream};
 
 use super::kernels::{self, Kernels};
 use super::mem::{align_up, cublas_err, driver_err, DevBuf, Pinned};
-use super::{CudaOptions, Dtype, Shared};
+use super::{CudaOptions, Dtype, QkvMode, Shared};
 use crate::backend::{ForwardOutput, TokenBatch};
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
@@ -80,8 +81,8 @@ impl Dims {
         if head_dim % 32 != 0 || head_dim > 128 {
             return Err(err!(CudaUnavailable, "the CUDA attention kernel needs a head size of 32, 64, 96 or 128, got {head_dim}"));
         }
-        if b.intermediate_size % 2 != 0 {
-            return Err(err!(CudaUnavailable, "the CUDA kernels need an even intermediate_size, got {}", b.intermediate_size));
+        if b.intermediate_size % 8 != 0 {
+            return Err(err!(CudaUnavailable, "the CUDA kernels need intermediate_size a multiple of 8, got {}", b.intermediate_size));
         }
         Ok(Dims {
             hidden: b.hidden_size,
@@ -139,6 +140,8 @@ pub(crate) struct HostModel {
 struct ImageBuilder {
     bytes: Vec<u8>,
     dt: Dtype,
+    /// Store `[out, in]` matrices transposed (`[in, out]`) for NN GEMMs.
+    transpose: bool,
 }
 
 impl ImageBuilder {
@@ -159,7 +162,24 @@ impl ImageBuilder {
         off
     }
 
-    /// Matrices in the compute dtype.
+    /// Weight matrices `[out, in]` (parts stacked along `out`) in the
+    /// compute dtype, transposed when the image is laid out for NN GEMMs.
+    fn linear(&mut self, parts: &[&[f32]], inp: usize) -> usize {
+        if !self.transpose {
+            return self.mats(parts);
+        }
+        let all: Vec<f32> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        let out = all.len() / inp;
+        let mut t = vec![0f32; all.len()];
+        for r in 0..out {
+            for c in 0..inp {
+                t[c * out + r] = all[r * inp + c];
+            }
+        }
+        self.mats(&[&t])
+    }
+
+    /// Tables in the compute dtype.
     fn mats(&mut self, parts: &[&[f32]]) -> usize {
         let off = self.start();
         for p in parts {
@@ -177,8 +197,10 @@ impl HostModel {
     /// Lay out the weights: Q/K/V concatenated into one `[3H, H]` matrix
     /// (PyTorch `[out, in]` layout, what the TN GEMM reads), matrices in
     /// `dt`, vectors in fp32.
-    pub(crate) fn build(w: &BertWeights, dt: Dtype) -> HostModel {
-        let mut b = ImageBuilder { bytes: Vec::new(), dt };
+    pub(crate) fn build(w: &BertWeights, dt: Dtype, transpose: bool) -> HostModel {
+        let h = w.config.hidden_size;
+        let i = w.config.intermediate_size;
+        let mut b = ImageBuilder { bytes: Vec::new(), dt, transpose };
         let word = b.mats(&[&w.word_embeddings.data]);
         let pos = b.mats(&[&w.position_embeddings.data]);
         let typ = b.mats(&[&w.token_type_embeddings.data]);
@@ -188,15 +210,15 @@ impl HostModel {
             .layers
             .iter()
             .map(|l| LayerOff {
-                qkv_w: b.mats(&[&l.query.weight.data, &l.key.weight.data, &l.value.weight.data]),
+                qkv_w: b.linear(&[&l.query.weight.data, &l.key.weight.data, &l.value.weight.data], h),
                 qkv_b: b.f32s(&[&l.query.bias.data, &l.key.bias.data, &l.value.bias.data]),
-                o_w: b.mats(&[&l.attention_output.weight.data]),
+                o_w: b.linear(&[&l.attention_output.weight.data], h),
                 o_b: b.f32s(&[&l.attention_output.bias.data]),
                 ln1_g: b.f32s(&[&l.attention_layer_norm.weight.data]),
                 ln1_b: b.f32s(&[&l.attention_layer_norm.bias.data]),
-                i_w: b.mats(&[&l.intermediate.weight.data]),
+                i_w: b.linear(&[&l.intermediate.weight.data], h),
                 i_b: b.f32s(&[&l.intermediate.bias.data]),
-                o2_w: b.mats(&[&l.output.weight.data]),
+                o2_w: b.linear(&[&l.output.weight.data], i),
                 o2_b: b.f32s(&[&l.output.bias.data]),
                 ln2_g: b.f32s(&[&l.output_layer_norm.weight.data]),
                 ln2_b: b.f32s(&[&l.output_layer_norm.bias.data]),
@@ -284,6 +306,25 @@ pub(crate) struct Device {
     tcap: usize,
     ncap: usize,
     shared: Arc<Shared>,
+    /// `CUDA_ENGINE_PROFILE=1`: per-op wall time (synchronizing after each
+    /// op; graphs off), printed to stderr when the device is dropped.
+    prof: Option<RefCell<Vec<(&'static str, f64, u64)>>>,
+    /// Weights stored `[in, out]` and GEMMs run NN (experiment knob).
+    gemm_nn: bool,
+    qkv_mode: QkvMode,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Some(p) = &self.prof {
+            let p = p.borrow();
+            let total: f64 = p.iter().map(|e| e.1).sum();
+            eprintln!("cuda-engine profile ({} ms total, synchronized per op):", total as u64);
+            for (name, ms, n) in p.iter() {
+                eprintln!("  {name:>18}: {ms:10.3} ms {:5.1}%  ({n} calls, {:.1} us each)", 100.0 * ms / total.max(1e-9), 1e3 * ms / *n as f64);
+            }
+        }
+    }
 }
 
 /// [`HostModel`] without its image (kept after the upload).
@@ -372,7 +413,13 @@ impl Device {
             tcap,
             ncap,
             shared,
+            prof: opts.profile.then(|| RefCell::new(Vec::new())),
+            gemm_nn: opts.gemm_nn,
+            qkv_mode: opts.qkv_mode,
         };
+        if dev.prof.is_some() {
+            dev.use_graphs = false;
+        }
         // Warm-up: loads the cuBLAS kernels and proves the whole pass works
         // before the backend is reported ready.
         let mut warm = TokenBatch::new();
@@ -533,6 +580,25 @@ impl Device {
         Ok(g)
     }
 
+    /// Run one op; when profiling, synchronize around it and add its time.
+    fn op<T>(&self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let Some(prof) = &self.prof else { return f() };
+        self.stream.synchronize().map_err(|e| driver_err(e, name))?;
+        let t = std::time::Instant::now();
+        let r = f()?;
+        self.stream.synchronize().map_err(|e| driver_err(e, name))?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut p = prof.borrow_mut();
+        match p.iter_mut().find(|e| e.0 == name) {
+            Some(e) => {
+                e.1 += ms;
+                e.2 += 1;
+            }
+            None => p.push((name, ms, 1)),
+        }
+        Ok(r)
+    }
+
     /// Launch `f` on the executor's stream.
     ///
     /// # Safety
@@ -546,37 +612,77 @@ impl Device {
 
     /// `y[rows, n_out] = x[rows, k_in] · w[n_out, k_in]ᵀ` (row-major), fp32
     /// accumulation. In cuBLAS's column-major terms: C(n_out×rows) =
-    /// op(A)ᵀ·B with A = w (k_in×n_out, lda k_in), B = x (k_in×rows).
+    /// op(A)·B with A = w (k_in×n_out, lda k_in, transposed), B = x
+    /// (k_in×rows).
     fn gemm(&self, rows: usize, n_out: usize, k_in: usize, x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr) -> Result<()> {
+        let lda = if self.gemm_nn { n_out } else { k_in };
+        self.gemm_general(rows, n_out, k_in, x, w, lda, y, n_out, 1, 0, 0)
+    }
+
+    /// The Q/K/V projection into `qkv[rows, 3H]`, as configured: one GEMM
+    /// over the concatenated `[3H, H]` weight, a strided batch of three
+    /// `[H, H]` GEMMs, or three separate GEMMs (same result; cuBLAS's
+    /// heuristics pick very different kernels for the 1152-wide product).
+    fn gemm_qkv(&self, rows: usize, x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr) -> Result<()> {
+        let h = self.d.hidden;
+        let e = self.dt.size() as u64;
+        // Offset (elements) of block i's weights, and A's leading dimension.
+        let (sw, lda) = if self.gemm_nn { (h, 3 * h) } else { (h * h, h) };
+        match self.qkv_mode {
+            QkvMode::Fused => self.gemm(rows, 3 * h, h, x, w, y),
+            QkvMode::Batched => self.gemm_general(rows, h, h, x, w, lda, y, 3 * h, 3, sw as i64, h as i64),
+            QkvMode::Split => {
+                for i in 0..3u64 {
+                    self.gemm_general(rows, h, h, x, w + i * sw as u64 * e, lda, y + i * h as u64 * e, 3 * h, 1, 0, 0)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The general form: `batch` products with element strides `sw` (A)
+    /// and `sy` (C); B (the activations) is shared.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_general(
+        &self,
+        rows: usize,
+        n_out: usize,
+        k_in: usize,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        lda: usize,
+        y: CUdeviceptr,
+        ldc: usize,
+        batch: usize,
+        sw: i64,
+        sy: i64,
+    ) -> Result<()> {
         let alpha = 1.0f32;
         let beta = 0.0f32;
         let ty = self.dt.cuda_type();
-        // SAFETY: x holds rows*k_in, w n_out*k_in and y rows*n_out values of
-        // the compute dtype (workspace and weight layouts above); the
-        // scalars are host fp32 as CUBLAS_COMPUTE_32F expects; the handle
-        // runs on our stream.
+        // TN: w is [n_out, k_in] row-major = column-major k_in×n_out, used
+        // transposed. NN: w stored [k_in, n_out] = column-major n_out×k_in.
+        let op_a = if self.gemm_nn { blas_sys::cublasOperation_t::CUBLAS_OP_N } else { blas_sys::cublasOperation_t::CUBLAS_OP_T };
+        let op_b = blas_sys::cublasOperation_t::CUBLAS_OP_N;
+        let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+        let algo = blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
+        let (m, n, k) = (n_out as i32, rows as i32, k_in as i32);
+        let (pa, pb, pc) = (w as *const c_void, x as *const c_void, y as *mut c_void);
+        let (al, be) = (&alpha as *const f32 as *const c_void, &beta as *const f32 as *const c_void);
+        // SAFETY: x holds rows*k_in values, every A block lies inside the
+        // weight arena and every C block inside its workspace (layouts
+        // above: C blocks are column ranges of rows×ldc); the scalars are
+        // host fp32 as CUBLAS_COMPUTE_32F expects; the handle runs on our
+        // stream.
         unsafe {
-            blas::gemm_ex(
-                self.blas.0,
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                n_out as i32,
-                rows as i32,
-                k_in as i32,
-                &alpha as *const f32 as *const c_void,
-                w as *const c_void,
-                ty,
-                k_in as i32,
-                x as *const c_void,
-                ty,
-                k_in as i32,
-                &beta as *const f32 as *const c_void,
-                y as *mut c_void,
-                ty,
-                n_out as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
+            if batch == 1 {
+                blas::gemm_ex(self.blas.0, op_a, op_b, m, n, k, al, pa, ty, lda as i32, pb, ty, k, be, pc, ty, ldc as i32, compute, algo)
+            } else {
+                blas::gemm_strided_batched_ex(
+                    self.blas.0, op_a, op_b, m, n, k, al, pa, ty, lda as i32, sw, pb, ty, k, 0, be, pc, ty, ldc as i32, sy,
+                    batch as i32, compute, algo,
+                )
+            }
         }
         .map_err(|e| cublas_err(e, "gemm"))
     }
@@ -610,42 +716,43 @@ impl Device {
             let mut p = params![ids, word, pos, typ, g, bb, out, rows, e];
             // SAFETY: ids are validated < vocab/types/max_pos (padding is 0);
             // one warp per row over tb rows of `hidden` (tb <= tcap).
-            unsafe { self.launch(&self.k.embed_ln, row_grid, 128, &mut p, "embed_ln")? };
+            self.op("embed_ln", || unsafe { self.launch(&self.k.embed_ln, row_grid, 128, &mut p, "embed_ln") })?;
         }
         let scale = 1.0f32 / (d.head_dim as f32).sqrt();
-        let inter_pairs = tb * d.inter / 2;
-        let act_grid = (inter_pairs.div_ceil(256) as u32, 1, 1);
+        // bias_act: 8 values a thread, one grid row per token row.
+        let act_block = (d.inter / 8).next_multiple_of(32).min(256);
+        let act_grid = ((d.inter / 8).div_ceil(act_block) as u32, tb.min(65_535) as u32, 1);
         let (inter_cols, act) = (d.inter as i32, d.act);
         for l in &self.model.layers {
-            self.gemm(tb, 3 * hsz, hsz, hidden, self.w(l.qkv_w), qkv)?;
+            self.op("gemm_qkv", || self.gemm_qkv(tb, hidden, self.w(l.qkv_w), qkv))?;
             {
                 let (bias, scale) = (self.w(l.qkv_b), scale);
                 let mut p = params![qkv, bias, ctxb, cu, scale];
                 // SAFETY: grid (nb, heads); each block reads rows
                 // cu[s]..cu[s+1] (<= tb) of qkv [tb, 3H] and writes the same
                 // rows of ctx [tb, H]; cu has nb+1 entries.
-                unsafe { self.launch(&self.k.attention, (nb as u32, d.heads as u32, 1), 128, &mut p, "attention")? };
+                self.op("attention", || unsafe { self.launch(&self.k.attention, (nb as u32, d.heads as u32, 1), 128, &mut p, "attention") })?;
             }
-            self.gemm(tb, hsz, hsz, ctxb, self.w(l.o_w), tmp)?;
+            self.op("gemm_attn_out", || self.gemm(tb, hsz, hsz, ctxb, self.w(l.o_w), tmp))?;
             {
                 let (bias, g, bb) = (self.w(l.o_b), self.w(l.ln1_g), self.w(l.ln1_b));
                 let mut p = params![tmp, bias, hidden, g, bb, rows, e];
                 // SAFETY: tb rows of tmp and hidden ([tcap, H] each), one warp a row.
-                unsafe { self.launch(&self.k.bias_residual_ln, row_grid, 128, &mut p, "bias_residual_ln")? };
+                self.op("bias_residual_ln", || unsafe { self.launch(&self.k.bias_residual_ln, row_grid, 128, &mut p, "bias_residual_ln") })?;
             }
-            self.gemm(tb, d.inter, hsz, hidden, self.w(l.i_w), inter)?;
+            self.op("gemm_ffn_up", || self.gemm(tb, d.inter, hsz, hidden, self.w(l.i_w), inter))?;
             {
                 let bias = self.w(l.i_b);
                 let mut p = params![inter, bias, rows, inter_cols, act];
                 // SAFETY: tb*inter values of `inter` ([tcap, I]), in pairs.
-                unsafe { self.launch(&self.k.bias_act, act_grid, 256, &mut p, "bias_act")? };
+                self.op("bias_act", || unsafe { self.launch(&self.k.bias_act, act_grid, act_block as u32, &mut p, "bias_act") })?;
             }
-            self.gemm(tb, hsz, d.inter, inter, self.w(l.o2_w), tmp)?;
+            self.op("gemm_ffn_down", || self.gemm(tb, hsz, d.inter, inter, self.w(l.o2_w), tmp))?;
             {
                 let (bias, g, bb) = (self.w(l.o2_b), self.w(l.ln2_g), self.w(l.ln2_b));
                 let mut p = params![tmp, bias, hidden, g, bb, rows, e];
                 // SAFETY: as the first bias_residual_ln.
-                unsafe { self.launch(&self.k.bias_residual_ln, row_grid, 128, &mut p, "bias_residual_ln")? };
+                self.op("bias_residual_ln", || unsafe { self.launch(&self.k.bias_residual_ln, row_grid, 128, &mut p, "bias_residual_ln") })?;
             }
         }
         {
@@ -653,7 +760,7 @@ impl Device {
             let mut p = params![hidden, cu, pooled, mode];
             // SAFETY: grid nb; block s reads rows cu[s]..cu[s+1] of hidden
             // and writes row s of pooled ([ncap, H] f32, nb <= ncap).
-            unsafe { self.launch(&self.k.pool, (nb as u32, 1, 1), 128, &mut p, "pool")? };
+            self.op("pool", || unsafe { self.launch(&self.k.pool, (nb as u32, 1, 1), 128, &mut p, "pool") })?;
         }
         // SAFETY: pooled holds ncap*H f32 >= nb*H; the pinned destination
         // has ncap*H slots and is read only after the stream synchronizes.

@@ -94,6 +94,31 @@ impl Dtype {
     }
 }
 
+/// How the Q/K/V projection runs (see `exec::Device::gemm_qkv`).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvMode {
+    /// One GEMM over the concatenated `[3H, H]` weight.
+    Fused,
+    /// One strided-batched GEMM of three `[H, H]` products.
+    Batched,
+    /// Three GEMMs.
+    Split,
+}
+
+impl QkvMode {
+    fn from_env() -> QkvMode {
+        // Split is the default: on the H100 (cuBLAS 13, fp16, 16k tokens)
+        // the fused 1152-wide GEMM took 808 µs, the strided batch 109 µs,
+        // three GEMMs 57 µs (docs/gpu.md).
+        match std::env::var("CUDA_ENGINE_QKV").as_deref() {
+            Ok("fused") => QkvMode::Fused,
+            Ok("batched") => QkvMode::Batched,
+            _ => QkvMode::Split,
+        }
+    }
+}
+
 /// How to build a [`CudaBackend`].
 #[derive(Debug, Clone)]
 pub struct CudaOptions {
@@ -107,11 +132,25 @@ pub struct CudaOptions {
     /// Run small passes as CUDA graphs (default true; env
     /// `CUDA_ENGINE_GRAPHS=0` turns them off for debugging).
     pub graphs: bool,
+    /// Time every op (synchronizing after each; graphs off) and print the
+    /// table to stderr when the backend is dropped (env `CUDA_ENGINE_PROFILE=1`).
+    #[doc(hidden)]
+    pub profile: bool,
+    /// Store weights `[in, out]` and run NN GEMMs instead of TN (experiment;
+    /// env `CUDA_ENGINE_GEMM_NN=1`).
+    #[doc(hidden)]
+    pub gemm_nn: bool,
+    /// Q/K/V GEMM form (env `CUDA_ENGINE_QKV=fused|batched|split`).
+    #[doc(hidden)]
+    pub qkv_mode: QkvMode,
 }
 
 impl Default for CudaOptions {
     fn default() -> Self {
-        CudaOptions { device: 0, dtype: Dtype::F16, max_batch_tokens: 16_384, max_batch_seqs: 1_024, graphs: graphs_from_env() }
+        CudaOptions { device: 0, dtype: Dtype::F16, max_batch_tokens: 16_384, max_batch_seqs: 1_024, graphs: graphs_from_env(), profile: std::env::var("CUDA_ENGINE_PROFILE").is_ok_and(|v| v == "1"),
+            gemm_nn: std::env::var("CUDA_ENGINE_GEMM_NN").is_ok_and(|v| v == "1"),
+            qkv_mode: QkvMode::from_env(),
+        }
     }
 }
 
@@ -233,7 +272,7 @@ impl CudaBackend {
             return Err(err!(CudaUnavailable, "the NVRTC library (libnvrtc.so) was not found"));
         }
         let dims = exec::Dims::new(config)?;
-        let host = exec::HostModel::build(weights, opts.dtype);
+        let host = exec::HostModel::build(weights, opts.dtype, opts.gemm_nn);
 
         let shared = Arc::new(Shared::new());
         let (tx, rx) = mpsc::channel::<Job>();

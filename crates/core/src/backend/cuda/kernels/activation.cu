@@ -1,7 +1,9 @@
 // Bias + activation, in place on the FFN intermediate [rows, cols]:
 //   x = act(x + bias[col])
 // act: 0 = GELU (erf, exact), 1 = GELU (tanh approximation), 2 = ReLU.
-// cols is even; each thread handles a pair per grid-stride step.
+// cols is a multiple of 8. Grid (ceil(cols/8 / blockDim.x), rows...): each
+// thread handles 8 consecutive values of a row (4 pair loads); grid rows
+// stride over the token rows (so any row count fits the 65535 limit).
 
 static __device__ __forceinline__ float act_fn(float x, int act) {
     if (act == 0) return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
@@ -14,13 +16,18 @@ static __device__ __forceinline__ float act_fn(float x, int act) {
 
 template <class D>
 static __device__ void bias_act(typename D::T* x, const float* __restrict__ bias, int rows, int cols, int act) {
-    const long long pairs = (long long)rows * cols / 2;
-    const int half_cols = cols / 2;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < pairs; i += (long long)gridDim.x * blockDim.x) {
-        const int col = (int)(i % half_cols) * 2;
-        float a, b;
-        D::load2(x + 2 * i, a, b);
-        D::store2(x + 2 * i, act_fn(a + bias[col], act), act_fn(b + bias[col + 1], act));
+    const int col = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (col >= cols) return;
+    float b[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) b[i] = bias[col + i];
+    for (int row = blockIdx.y; row < rows; row += gridDim.y) {
+        typename D::T* p = x + (size_t)row * cols + col;
+        float v[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) D::load2(p + 2 * i, v[2 * i], v[2 * i + 1]);
+#pragma unroll
+        for (int i = 0; i < 4; i++) D::store2(p + 2 * i, act_fn(v[2 * i] + b[2 * i], act), act_fn(v[2 * i + 1] + b[2 * i + 1], act));
     }
 }
 
