@@ -1,61 +1,93 @@
 //! The CPU backend: the BERT encoder in fp32 on a private rayon pool.
 //!
 //! Layout: activations are packed `[total_tokens, hidden]` (see
-//! [`TokenBatch`]); no sequence is padded to another. The big matrix
-//! products (fused QKV, attention output, FFN) run over all tokens of the
-//! batch at once through the `gemm` crate; attention runs per
-//! (sequence, head) pair, in parallel, on that sequence's rows only, so no
-//! padding mask is needed.
+//! [`TokenBatch`]); no sequence is padded to another. Attention runs per
+//! (sequence, head) on that sequence's rows only, so no padding mask is
+//! needed.
 //!
-//! Weights are re-laid out once at construction: Linear weights are stored
-//! transposed (`[in, out]`, what gemm's microkernel packs fastest) and
-//! Q/K/V are concatenated into one `[hidden, 3·hidden]` matrix so one GEMM
-//! produces all three.
+//! Parallelism (see `run`): a big batch is cut into groups of whole
+//! sequences and each group's whole forward pass runs on one pool thread
+//! (no synchronization per op; groups are handed out dynamically, which also
+//! copes with other processes taking a core). A small batch (one short
+//! sentence) is one group whose GEMMs split their output columns over the
+//! threads.
+//!
+//! GEMMs: on AVX2+FMA CPUs, our own kernel (`cpu_gemm.rs`) over weights
+//! pre-packed into contiguous 16-column panels; it runs at the FMA peak for
+//! big M and streams the weights once per call for M ≈ 10, where the
+//! `gemm` crate was at ~35 GFLOP/s. Elsewhere the `gemm` crate over
+//! transposed (`[in, out]`) weights. Q/K/V are one `[hidden, 3·hidden]`
+//! Linear. Row-wise passes (bias + GELU, bias + residual + LayerNorm,
+//! attention) are in `cpu_simd.rs`, compiled for AVX2 when present.
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::{Backend, ForwardOutput, TokenBatch};
+
+#[path = "cpu_gemm.rs"]
+mod skinny;
+#[path = "cpu_simd.rs"]
+mod simd;
 use crate::err;
 use crate::error::Result;
-use crate::model::{Activation, BertConfig, BertWeights, Linear, ModelConfig, Pooling};
+use crate::model::{BertConfig, BertWeights, Linear, ModelConfig, Pooling};
 
-/// Below this many multiply-adds a GEMM runs on the calling thread: splitting
-/// a tiny product over the pool costs more than it saves (single short
-/// sentences).
-const GEMM_PAR_THRESHOLD: usize = 1 << 20;
-/// GEMMs over fewer token rows than this also stay on one thread: gemm's
-/// split over rows gives each thread too little to amortize the wake-up.
-const GEMM_PAR_MIN_ROWS: usize = 32;
-/// Rows handled per rayon task in row-wise ops (LayerNorm, GELU, gathers).
+/// Batches of at least `threads ×` this many tokens are split into groups
+/// of whole sequences, one group per task (see `run`).
+const MIN_GROUP_TOKENS: usize = 128;
+/// Groups per pool thread when splitting (more groups balance better when
+/// another process takes a core for a while; fewer make bigger GEMMs).
+const GROUPS_PER_THREAD: usize = 4;
+/// Below this many multiply-adds a GEMM is not split over the pool.
+const GEMM_SPLIT_MIN_WORK: usize = 1 << 16;
+/// Row-wise passes of one group go parallel from this many rows.
+const PAR_ROWS_MIN: usize = 64;
+/// Attention of one group goes parallel from this much work (Σ l²·hidden).
+const PAR_ATTN_MIN_WORK: usize = 1 << 20;
+/// Rows handled per rayon task in parallel row-wise passes.
 const ROWS_PER_TASK: usize = 16;
 
+/// One Linear layer's weights in the layout its GEMM reads.
+enum Weights {
+    /// 16-column panels for [`skinny`] (AVX2+FMA CPUs; every M).
+    Packed(skinny::Packed),
+    /// `[in, out]` row-major (transposed from PyTorch's `[out, in]`) for the
+    /// `gemm` crate, on CPUs without AVX2/FMA.
+    Transposed(Vec<f32>),
+}
+
 struct CpuLinear {
-    /// `[in, out]` row-major (transposed from PyTorch's `[out, in]`).
-    w_t: Vec<f32>,
+    w: Weights,
     bias: Vec<f32>,
     inp: usize,
     out: usize,
 }
 
 impl CpuLinear {
+    /// Several Linears over the same input as one (outputs concatenated).
     fn from_parts(parts: &[&Linear]) -> CpuLinear {
         let inp = parts[0].in_features();
         let out: usize = parts.iter().map(|l| l.out_features()).sum();
-        let mut w_t = vec![0f32; inp * out];
+        // [out, in] row-major: the parts' rows one after the other.
+        let mut w = Vec::with_capacity(inp * out);
         let mut bias = Vec::with_capacity(out);
-        let mut col0 = 0;
         for l in parts {
-            let o = l.out_features();
-            for r in 0..o {
+            w.extend_from_slice(&l.weight.data);
+            bias.extend_from_slice(&l.bias.data);
+        }
+        let w = if skinny::available() {
+            Weights::Packed(skinny::pack(&w, inp, out))
+        } else {
+            let mut w_t = vec![0f32; inp * out];
+            for r in 0..out {
                 for c in 0..inp {
-                    w_t[c * out + col0 + r] = l.weight.data[r * inp + c];
+                    w_t[c * out + r] = w[r * inp + c];
                 }
             }
-            bias.extend_from_slice(&l.bias.data);
-            col0 += o;
-        }
-        CpuLinear { w_t, bias, inp, out }
+            Weights::Transposed(w_t)
+        };
+        CpuLinear { w, bias, inp, out }
     }
 }
 
@@ -128,105 +160,154 @@ impl CpuBackend {
         b.validate(c.vocab_size, c.type_vocab_size, c.max_position_embeddings)?;
         let h = c.hidden_size;
         let t = b.total_tokens();
-        let eps = c.layer_norm_eps;
+        let n = b.n_seqs();
+        let threads = self.threads;
 
-        // Embeddings: word + position + token type, then LayerNorm.
-        let mut x = vec![0f32; t * h];
-        x.par_chunks_mut(h * ROWS_PER_TASK).enumerate().for_each(|(ci, chunk)| {
-            for (ri, row) in chunk.chunks_mut(h).enumerate() {
-                let i = ci * ROWS_PER_TASK + ri;
-                let w = &self.word[b.input_ids[i] as usize * h..][..h];
-                let p = &self.pos[b.position_ids[i] as usize * h..][..h];
-                let ty = &self.typ[b.token_type_ids[i] as usize * h..][..h];
-                for j in 0..h {
-                    row[j] = w[j] + p[j] + ty[j];
+        // Big batches: split into groups of whole sequences and run each
+        // group's entire forward pass on one thread (no synchronization
+        // between layers or ops; rayon hands out groups as threads free up,
+        // which also balances a machine whose other load steals a core).
+        // Small batches (one short sentence): one group, and each GEMM's
+        // output columns are split over the threads instead.
+        let groups: Vec<std::ops::Range<usize>> = if threads > 1 && n >= 2 && t >= threads * MIN_GROUP_TOKENS {
+            let target = (t / (threads * GROUPS_PER_THREAD)).max(MIN_GROUP_TOKENS);
+            let mut g = Vec::new();
+            let mut s0 = 0;
+            for s in 0..n {
+                if b.cu_seqlens[s + 1] as usize - b.cu_seqlens[s0] as usize >= target {
+                    g.push(s0..s + 1);
+                    s0 = s + 1;
                 }
-                layer_norm(row, &self.emb_ln.0, &self.emb_ln.1, eps);
             }
+            if s0 < n {
+                g.push(s0..n);
+            }
+            g
+        } else {
+            std::iter::once(0..n).collect()
+        };
+        let intra = groups.len() == 1 && threads > 1;
+        let outs: Vec<(Vec<f32>, Vec<f32>)> = if groups.len() == 1 {
+            vec![self.encode_group(b, groups[0].clone(), intra)]
+        } else {
+            groups.into_par_iter().with_max_len(1).map(|g| self.encode_group(b, g, false)).collect()
+        };
+        let mut pooled = Vec::with_capacity(n * h);
+        let mut hidden = Vec::with_capacity(if want_hidden { t * h } else { 0 });
+        for (p, x) in outs {
+            pooled.extend_from_slice(&p);
+            if want_hidden {
+                hidden.extend_from_slice(&x);
+            }
+        }
+        Ok(ForwardOutput { pooled, last_hidden: want_hidden.then_some(hidden), hidden: h })
+    }
+
+    /// The encoder over sequences `seqs` of `b` (contiguous tokens): their
+    /// pooled vectors and last hidden state. `intra`: split each GEMM (and
+    /// big row-wise passes) over the pool; else all of it runs on the calling
+    /// thread.
+    fn encode_group(&self, b: &TokenBatch, seqs: std::ops::Range<usize>, intra: bool) -> (Vec<f32>, Vec<f32>) {
+        let c = &self.cfg;
+        let h = c.hidden_size;
+        let eps = c.layer_norm_eps;
+        let t0 = b.cu_seqlens[seqs.start] as usize;
+        let t1 = b.cu_seqlens[seqs.end] as usize;
+        let m = t1 - t0;
+        // Sequence token ranges relative to this group.
+        let ranges: Vec<std::ops::Range<usize>> =
+            seqs.clone().map(|s| b.cu_seqlens[s] as usize - t0..b.cu_seqlens[s + 1] as usize - t0).collect();
+        let par_rows = intra && m >= PAR_ROWS_MIN;
+
+        let mut x = vec![0f32; m * h];
+        for_rows(par_rows, &mut x, h, |r0, chunk| {
+            let rows = t0 + r0..t0 + r0 + chunk.len() / h;
+            simd::embed_ln(
+                chunk,
+                &b.input_ids[rows.clone()],
+                &b.position_ids[rows.clone()],
+                &b.token_type_ids[rows],
+                &self.word,
+                &self.pos,
+                &self.typ,
+                &self.emb_ln.0,
+                &self.emb_ln.1,
+                eps,
+            )
         });
 
-        let mut qkv = vec![0f32; t * 3 * h];
-        let mut ctx = vec![0f32; t * h];
-        let mut tmp = vec![0f32; t * h];
-        let mut inter = vec![0f32; t * c.intermediate_size];
+        let mut qkv = vec![0f32; m * 3 * h];
+        let mut ctx = vec![0f32; m * h];
+        let mut tmp = vec![0f32; m * h];
+        let mut inter = vec![0f32; m * c.intermediate_size];
         for layer in &self.layers {
-            // QKV = x·Wqkv + b
-            fill_bias(&mut qkv, &layer.qkv.bias);
-            linear_acc(&mut qkv, &x, &layer.qkv, t);
-            self.attention(b, &qkv, &mut ctx);
+            linear(&mut qkv, &x, &layer.qkv, m, intra);
+            for_rows(par_rows, &mut qkv, 3 * h, |_, chunk| simd::add_bias(chunk, &layer.qkv.bias));
+            self.attention(&ranges, &qkv, &mut ctx, intra);
             // x = LN(x + ctx·Wo + bo)
-            fill_residual_bias(&mut tmp, &x, &layer.attn_out.bias);
-            linear_acc(&mut tmp, &ctx, &layer.attn_out, t);
-            rows_layer_norm(&mut tmp, h, &layer.ln1, eps);
+            linear(&mut tmp, &ctx, &layer.attn_out, m, intra);
+            for_rows(par_rows, &mut tmp, h, |r0, chunk| {
+                simd::bias_residual_ln(chunk, &x[r0 * h..][..chunk.len()], &layer.attn_out.bias, &layer.ln1.0, &layer.ln1.1, eps)
+            });
             std::mem::swap(&mut x, &mut tmp);
             // FFN: x = LN(x + act(x·Wi + bi)·Wo + bo)
-            fill_bias(&mut inter, &layer.inter.bias);
-            linear_acc(&mut inter, &x, &layer.inter, t);
-            activation(&mut inter, c.hidden_act);
-            fill_residual_bias(&mut tmp, &x, &layer.output.bias);
-            linear_acc(&mut tmp, &inter, &layer.output, t);
-            rows_layer_norm(&mut tmp, h, &layer.ln2, eps);
+            linear(&mut inter, &x, &layer.inter, m, intra);
+            for_rows(par_rows, &mut inter, c.intermediate_size, |_, chunk| {
+                simd::bias_act(chunk, &layer.inter.bias, c.hidden_act)
+            });
+            linear(&mut tmp, &inter, &layer.output, m, intra);
+            for_rows(par_rows, &mut tmp, h, |r0, chunk| {
+                simd::bias_residual_ln(chunk, &x[r0 * h..][..chunk.len()], &layer.output.bias, &layer.ln2.0, &layer.ln2.1, eps)
+            });
             std::mem::swap(&mut x, &mut tmp);
         }
 
-        let n = b.n_seqs();
-        let mut pooled = vec![0f32; n * h];
-        pooled.par_chunks_mut(h).enumerate().for_each(|(s, out)| {
-            let r = b.seq_range(s);
-            let rows = &x[r.start * h..r.end * h];
-            pool_rows(out, rows, h, self.pooling);
-        });
-        Ok(ForwardOutput { pooled, last_hidden: want_hidden.then_some(x), hidden: h })
+        let mut pooled = vec![0f32; ranges.len() * h];
+        for (out, r) in pooled.chunks_mut(h).zip(&ranges) {
+            pool_rows(out, &x[r.start * h..r.end * h], h, self.pooling);
+        }
+        (pooled, x)
     }
 
     /// Scaled dot-product attention per (sequence, head), reading Q, K, V
-    /// from the packed `[T, 3H]` buffer and writing `[T, H]` context.
-    fn attention(&self, b: &TokenBatch, qkv: &[f32], ctx: &mut [f32]) {
+    /// from the packed `[m, 3H]` buffer and writing `[m, H]` context.
+    fn attention(&self, ranges: &[std::ops::Range<usize>], qkv: &[f32], ctx: &mut [f32], intra: bool) {
         let c = &self.cfg;
         let h = c.hidden_size;
         let nh = c.num_attention_heads;
         let d = c.head_dim();
         let scale = 1.0 / (d as f32).sqrt();
-        let ctx_ptr = SendPtr(ctx.as_mut_ptr());
-        let n = b.n_seqs();
-        (0..n * nh).into_par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, job| {
-            let (s, head) = (job / nh, job % nh);
-            let r = b.seq_range(s);
-            let l = r.len();
-            scores.clear();
-            scores.resize(l * l, 0.0);
-            let q = qkv[r.start * 3 * h + head * d..].as_ptr();
-            let k = qkv[r.start * 3 * h + h + head * d..].as_ptr();
-            let v = qkv[r.start * 3 * h + 2 * h + head * d..].as_ptr();
-            let row = (3 * h) as isize;
-            // SAFETY: every pointer stays inside its buffer: rows
-            // r.start..r.end of `qkv` ([T, 3H]) at column offsets below 3H,
-            // `scores` is l×l, and the context block (rows of this sequence,
-            // columns head·d..head·d+d) is written by this job only, so the
-            // parallel writes through `ctx_ptr` never overlap; `ctx` outlives
-            // the parallel loop.
-            unsafe {
-                // scores[i, j] = scale · Σ q[i, :]·k[j, :]
-                gemm::gemm(
-                    l, l, d,
-                    scores.as_mut_ptr(), 1, l as isize, false,
-                    q, 1, row,
-                    k, row, 1,
-                    0.0, scale, false, false, false, Parallelism::None,
-                );
-                for srow in scores.chunks_mut(l) {
-                    softmax(srow);
+        let work: usize = ranges.iter().map(|r| r.len() * r.len()).sum::<usize>() * h;
+        if !intra || work < PAR_ATTN_MIN_WORK {
+            let mut scratch = Vec::new();
+            for r in ranges {
+                for head in 0..nh {
+                    simd::attention_head(
+                        &qkv[r.start * 3 * h + head * d..],
+                        h,
+                        r.len(),
+                        d,
+                        scale,
+                        &mut ctx[r.start * h + head * d..],
+                        &mut scratch,
+                    );
                 }
-                // ctx[i, head] = Σ_j p[i, j] · v[j, :]
-                let out = ctx_ptr.get().add(r.start * h + head * d);
-                gemm::gemm(
-                    l, d, l,
-                    out, 1, h as isize, false,
-                    scores.as_ptr(), 1, l as isize,
-                    v, 1, row,
-                    0.0, 1.0, false, false, false, Parallelism::None,
-                );
             }
+            return;
+        }
+        let ctx_ptr = SendPtr(ctx.as_mut_ptr());
+        let ctx_len = ctx.len();
+        let jobs: Vec<(usize, usize)> = (0..ranges.len()).flat_map(|s| (0..nh).map(move |hd| (s, hd))).collect();
+        jobs.into_par_iter().for_each_init(Vec::new, |scratch, (s, head)| {
+            let r = &ranges[s];
+            let off = r.start * h + head * d;
+            // SAFETY: job (s, head) writes only rows r of columns
+            // head·d..head·d+d of `ctx`; no two jobs share such a block, and
+            // `ctx` outlives the parallel loop. The slice handed out spans
+            // further (to the end of `ctx`), but attention_head writes only
+            // that block through it.
+            let out = unsafe { std::slice::from_raw_parts_mut(ctx_ptr.get().add(off), ctx_len - off) };
+            simd::attention_head(&qkv[r.start * 3 * h + head * d..], h, r.len(), d, scale, out, scratch);
         });
     }
 }
@@ -256,103 +337,65 @@ impl SendPtr {
     }
 }
 
-/// `dst[m, out] += x[m, in] · w_t[in, out]` (dst already holds bias/residual).
-fn linear_acc(dst: &mut [f32], x: &[f32], lin: &CpuLinear, m: usize) {
+/// `dst[m, out] = x[m, in] · W` (no bias). With `intra` the output
+/// columns are split into one block per pool thread (the split is over N, so
+/// it works for M = 1 too, and every element sums over K in the same order
+/// as without the split).
+fn linear(dst: &mut [f32], x: &[f32], lin: &CpuLinear, m: usize, intra: bool) {
     let (k, n) = (lin.inp, lin.out);
-    debug_assert!(dst.len() >= m * n && x.len() >= m * k);
-    let par = if m >= GEMM_PAR_MIN_ROWS && m * n * k >= GEMM_PAR_THRESHOLD && rayon::current_num_threads() > 1 {
-        Parallelism::Rayon(rayon::current_num_threads())
+    assert!(dst.len() >= m * n && x.len() >= m * k);
+    let threads = rayon::current_num_threads();
+    let split = intra && threads > 1 && m * n * k >= GEMM_SPLIT_MIN_WORK;
+    let dst_ptr = SendPtr(dst.as_mut_ptr());
+    match &lin.w {
+        Weights::Packed(wp) => {
+            let wp = wp.as_slice();
+            assert!(wp.len() >= n.div_ceil(skinny::NR) * skinny::NR * k);
+            let panels = n.div_ceil(skinny::NR);
+            // SAFETY: Packed weights exist only where skinny::available();
+            // sizes asserted above; each call writes its own panels' columns.
+            let run = |p0: usize, p1: usize| unsafe { skinny::gemm_panels(m, k, n, x, wp, dst_ptr.get(), p0, p1) };
+            if !split {
+                run(0, panels);
+            } else {
+                let per = panels.div_ceil(threads);
+                (0..panels.div_ceil(per)).into_par_iter().with_max_len(1).for_each(|i| run(i * per, ((i + 1) * per).min(panels)));
+            }
+        }
+        Weights::Transposed(w_t) => {
+            assert!(w_t.len() == k * n);
+            // SAFETY: dst is m×n row-major, x is m×k row-major, w_t is k×n
+            // row-major (asserted above); block [c0, c1) reads columns
+            // c0..c1 of w_t and writes columns c0..c1 of dst, disjoint
+            // between blocks.
+            let block = |c0: usize, c1: usize| unsafe {
+                gemm::gemm(
+                    m, c1 - c0, k,
+                    dst_ptr.get().add(c0), 1, n as isize, false,
+                    x.as_ptr(), 1, k as isize,
+                    w_t.as_ptr().add(c0), 1, n as isize,
+                    0.0, 1.0, false, false, false, Parallelism::None,
+                );
+            };
+            if !split {
+                block(0, n);
+            } else {
+                // Blocks of a multiple of 16 columns (the microkernel's width).
+                let per = n.div_ceil(threads).div_ceil(16) * 16;
+                (0..n.div_ceil(per)).into_par_iter().with_max_len(1).for_each(|i| block(i * per, ((i + 1) * per).min(n)));
+            }
+        }
+    }
+}
+
+/// Run `f(first_row, rows)` over `x` (rows of `w`), in parallel chunks when
+/// `par`.
+fn for_rows(par: bool, x: &mut [f32], w: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if par {
+        x.par_chunks_mut(w * ROWS_PER_TASK).enumerate().for_each(|(i, c)| f(i * ROWS_PER_TASK, c));
     } else {
-        Parallelism::None
-    };
-    // SAFETY: dst is m×n row-major, x is m×k row-major, w_t is k×n
-    // row-major; the asserts above and the construction of CpuLinear
-    // guarantee the sizes.
-    unsafe {
-        gemm::gemm(
-            m, n, k,
-            dst.as_mut_ptr(), 1, n as isize, true,
-            x.as_ptr(), 1, k as isize,
-            lin.w_t.as_ptr(), 1, n as isize,
-            1.0, 1.0, false, false, false, par,
-        );
+        f(0, x);
     }
-}
-
-fn fill_bias(dst: &mut [f32], bias: &[f32]) {
-    let n = bias.len();
-    dst.par_chunks_mut(n * ROWS_PER_TASK).for_each(|chunk| {
-        for row in chunk.chunks_mut(n) {
-            row.copy_from_slice(bias);
-        }
-    });
-}
-
-fn fill_residual_bias(dst: &mut [f32], residual: &[f32], bias: &[f32]) {
-    let n = bias.len();
-    dst.par_chunks_mut(n * ROWS_PER_TASK)
-        .zip(residual.par_chunks(n * ROWS_PER_TASK))
-        .for_each(|(d, r)| {
-            for (drow, rrow) in d.chunks_mut(n).zip(r.chunks(n)) {
-                for j in 0..n {
-                    drow[j] = rrow[j] + bias[j];
-                }
-            }
-        });
-}
-
-fn rows_layer_norm(x: &mut [f32], h: usize, ln: &(Vec<f32>, Vec<f32>), eps: f32) {
-    x.par_chunks_mut(h * ROWS_PER_TASK).for_each(|chunk| {
-        for row in chunk.chunks_mut(h) {
-            layer_norm(row, &ln.0, &ln.1, eps);
-        }
-    });
-}
-
-/// LayerNorm of one row: two-pass mean and variance in f32 (as PyTorch's
-/// CPU kernel; rows are only `hidden` long, so summation error stays ~1e-7).
-fn layer_norm(row: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    let inv = 1.0 / (var + eps).sqrt();
-    for ((v, &g), &bb) in row.iter_mut().zip(w).zip(b) {
-        *v = (*v - mean) * inv * g + bb;
-    }
-}
-
-fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in row.iter_mut() {
-        *v = exp_f32(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
-}
-
-fn activation(x: &mut [f32], act: Activation) {
-    x.par_chunks_mut(4096).for_each(|chunk| match act {
-        Activation::GeluErf => {
-            for v in chunk {
-                *v = gelu_erf(*v);
-            }
-        }
-        Activation::GeluTanh => {
-            for v in chunk {
-                let u = 0.797_884_6 * (*v + 0.044_715 * *v * *v * *v);
-                *v = 0.5 * *v * (1.0 + u.tanh());
-            }
-        }
-        Activation::Relu => {
-            for v in chunk {
-                *v = v.max(0.0);
-            }
-        }
-    });
 }
 
 fn pool_rows(out: &mut [f32], rows: &[f32], h: usize, pooling: Pooling) {
@@ -382,56 +425,9 @@ fn pool_rows(out: &mut [f32], rows: &[f32], h: usize, pooling: Pooling) {
     }
 }
 
-/// Exact-form GELU, `0.5·x·(1 + erf(x/√2))`.
-#[inline]
-fn gelu_erf(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
-/// erf with absolute error below 1.2e-7 (Numerical Recipes `erfc` Chebyshev
-/// fit, evaluated in f32 with a branch-free exp so the loop vectorizes;
-/// libm's erff is a scalar call and was the FFN's hot spot).
-#[inline]
-fn erf_f32(x: f32) -> f32 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * exp_f32(poly);
-    let r = 1.0 - erfc;
-    if x < 0.0 { -r } else { r }
-}
-
-/// exp for f32 (Cephes `expf` polynomial, ~1 ulp on [-87, 88]), written
-/// without calls or branches so loops over it vectorize.
-#[inline]
-fn exp_f32(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.7);
-    // Round to nearest by the 1.5·2²³ trick: `f32::round` is a libm call
-    // that blocks vectorization (it showed up at ~5% in perf).
-    const MAGIC: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let r2 = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 1.666_666_5e-1)
-        * r2
-        * r
-        + 0.5 * r2
-        + r
-        + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
-    p * f32::from_bits(bits)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::simd::{erf_f32, exp_f32};
 
     #[test]
     fn exp_and_erf_match_std_and_libm_reference() {
