@@ -334,7 +334,13 @@ impl Engine {
         // or CUDA_WORKER_PATH is set (the shared discovery rule 1).
         let configured = match self.worker.get() {
             Some(w) => Some(w.clone()),
-            None if env_names_worker() && matches!(job, JobType::Inference | JobType::Other(_)) => {
+            // Only for `auto`: `local` never leaves the process (the
+            // cuda-worker binary submits with `local`, so a worker that
+            // inherited CUDA_WORKER_PATH never spawns another worker).
+            None if target == Target::Auto
+                && env_names_worker()
+                && matches!(job, JobType::Inference | JobType::Other(_)) =>
+            {
                 Some(self.worker_for_explicit_target().await?)
             }
             None => None,

@@ -278,22 +278,32 @@ async fn read_msg(r: &mut BufReader<ChildStdout>, max: usize) -> std::result::Re
         }
         if first == FRAME_TAG {
             let mut h = [0u8; FRAME_HEADER_LEN];
-            r.read_exact(&mut h).await.map_err(ReadErr::Io)?;
+            match r.read_exact(&mut h).await {
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                other => other.map_err(ReadErr::Io)?,
+            };
             let (fmt, len) = protocol::parse_frame_header(&h)
                 .map_err(|e| ReadErr::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
             if len > max {
                 return Err(ReadErr::TooBig(len));
             }
             let mut body = vec![0u8; len];
-            r.read_exact(&mut body).await.map_err(ReadErr::Io)?;
+            match r.read_exact(&mut body).await {
+                // A frame cut off by EOF: the worker died mid-write (as above).
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                other => other.map_err(ReadErr::Io)?,
+            };
             return Ok(Some(Msg::Frame(fmt, body)));
         }
         let mut line = Vec::new();
         loop {
             let buf = r.fill_buf().await.map_err(ReadErr::Io)?;
             if buf.is_empty() {
-                // EOF inside a line: hand it to the parser, which decides.
-                return Ok(Some(Msg::Line(line)));
+                // EOF inside a line: every message ends with a newline, so
+                // this is a reply cut off by the worker's death (SIGKILL in
+                // the middle of a write), not a protocol error. Report it
+                // as EOF; the waiter then fails jobs with E_WORKER_EXIT.
+                return Ok(None);
             }
             if let Some(i) = buf.iter().position(|b| *b == b'\n') {
                 if line.len() + i > max {

@@ -30,7 +30,21 @@ pub(crate) fn spawn(path: &Path, args: &[String]) -> Result<Child> {
         .kill_on_drop(true);
     #[cfg(unix)]
     cmd.process_group(0);
-    cmd.spawn().map_err(|e| match e.kind() {
+    // ETXTBSY: the binary is still open for writing somewhere — typically a
+    // file just written while another thread forked (its child holds the fd
+    // until exec), or a worker being replaced on disk. It clears within
+    // milliseconds; retry briefly instead of failing the job.
+    let mut attempt = 0;
+    let spawned = loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => break other,
+        }
+    };
+    spawned.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             err!(WorkerNotFound, "cannot start worker {}: the file does not exist", path.display()).with_cause(e)
         }
