@@ -388,20 +388,13 @@ pub fn infer_impl<'e>(
     options: Option<Unknown<'e>>,
 ) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
-    // Bad arguments reject the Promise (never throw synchronously).
-    let (parsed, bad_options) = match call_options(options.map(|o| JsVal::new(raw_env, o.value().value))) {
-        Ok(parsed) => (parsed, None),
-        Err(e) => (ParsedCall::default(), Some(e)),
-    };
+    let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)));
     let mut walker = JsonWalker::new(&engine.limits());
     let request = infer_request(raw_env, JsVal::new(raw_env, request.value().value), &mut walker);
     spawn_job(
         env,
         parsed,
         move |call| async move {
-            if let Some(e) = bad_options {
-                return Err(e);
-            }
             engine.get().await?.infer(request?, call).await
         },
         response_to_js,
@@ -411,7 +404,7 @@ pub fn infer_impl<'e>(
 pub fn models_impl(env: &Env, engine: EngineRef) -> napi::Result<PromiseRaw<'_, Unknown<'_>>> {
     spawn_job(
         env,
-        ParsedCall::default(),
+        Ok(ParsedCall::default()),
         move |_| async move {
             let models = engine.get().await?.models().await?;
             Ok(Value::Array(models.iter().map(|m| m.to_json()).collect()))

@@ -74,19 +74,12 @@ fn submit_impl<'e>(
     options: Option<Unknown<'e>>,
 ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
-    // Bad arguments reject the Promise (never throw synchronously).
-    let (parsed, bad_options) = match call_options(options.map(|o| JsVal::new(raw_env, o.value().value))) {
-        Ok(parsed) => (parsed, None),
-        Err(e) => (ParsedCall::default(), Some(e)),
-    };
+    let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)));
     let input = envelope_input(JsVal::new(raw_env, envelope.value().value), &engine.limits());
     spawn_job(
         env,
         parsed,
         move |call| async move {
-            if let Some(e) = bad_options {
-                return Err(e);
-            }
             let input = input?;
             engine.get().await?.submit(input, call).await
         },
@@ -102,10 +95,7 @@ fn embed_impl<'e>(
 ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
     let options = options.map(|o| JsVal::new(raw_env, o.value().value));
-    let (parsed, bad_options) = match call_options(options) {
-        Ok(parsed) => (parsed, None),
-        Err(e) => (ParsedCall::default(), Some(e)),
-    };
+    let parsed = call_options(options);
     let request = embed::embed_input(JsVal::new(raw_env, input.value().value))
         .and_then(|input| Ok((input, embed::embed_options(options)?)));
     let single = request.as_ref().map_or(false, |(i, _)| i.single);
@@ -113,9 +103,6 @@ fn embed_impl<'e>(
         env,
         parsed,
         move |call| async move {
-            if let Some(e) = bad_options {
-                return Err(e);
-            }
             let (input, opts) = request?;
             engine.get().await?.embed(input.texts, opts, call).await
         },
@@ -126,7 +113,7 @@ fn embed_impl<'e>(
 fn health_impl<'e>(env: &'e Env, engine: EngineRef) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     spawn_job(
         env,
-        ParsedCall::default(),
+        Ok(ParsedCall::default()),
         move |_| async move {
             let engine = engine.get().await?;
             tokio::task::spawn_blocking(move || engine.health().to_json())
@@ -216,7 +203,7 @@ impl Engine {
         let options = EngineOptions::from_json(&options.unwrap_or(serde_json::Value::Null));
         spawn_job(
             env,
-            ParsedCall::default(),
+            Ok(ParsedCall::default()),
             move |_| async move { open_engine(options?).await },
             |env, inner| Ok(Engine { inner }.into_instance(env)?.as_object(env).to_unknown()),
         )

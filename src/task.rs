@@ -25,9 +25,9 @@ use crate::error::to_napi;
 
 /// Polls the inner future inside `catch_unwind`, so a panic in a job becomes
 /// `E_INTERNAL` for that job instead of a lost Promise or an abort.
-struct CatchUnwind<F>(Pin<Box<F>>);
+struct CatchUnwind<F: ?Sized>(Pin<Box<F>>);
 
-impl<T, F: Future<Output = std::result::Result<T, CoreError>>> Future for CatchUnwind<F> {
+impl<T, F: Future<Output = std::result::Result<T, CoreError>> + ?Sized> Future for CatchUnwind<F> {
     type Output = std::result::Result<T, CoreError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let fut = self.0.as_mut();
@@ -256,9 +256,13 @@ fn init_state(env: &Env) -> napi::Result<()> {
 
 /// Run `job` on the tokio runtime and return a Promise. `to_js` builds the
 /// resolved value on the JS thread; core errors reject with coded errors.
+///
+/// `parsed` is the result of reading the call options: an error there
+/// rejects the Promise (async functions never throw synchronously) and
+/// `make` is not called.
 pub fn spawn_job<'e, T, Fut, Make, ToJs>(
     env: &'e Env,
-    parsed: ParsedCall,
+    parsed: std::result::Result<ParsedCall, CoreError>,
     make: Make,
     to_js: ToJs,
 ) -> napi::Result<PromiseRaw<'e, Unknown<'e>>>
@@ -271,6 +275,10 @@ where
     if JS_STATE.with(|s| s.borrow().is_none()) {
         init_state(env)?;
     }
+    let (parsed, bad_options) = match parsed {
+        Ok(p) => (p, None),
+        Err(e) => (ParsedCall::default(), Some(e)),
+    };
     let ParsedCall { call, signal, already_aborted } = parsed;
     if already_aborted {
         call.cancel.cancel();
@@ -310,7 +318,11 @@ where
         st.pending.insert(id, Pending { deferred, hook, settle });
         (st.completer.clone(), id)
     });
-    let fut = CatchUnwind(Box::pin(make(call)));
+    let job: Pin<Box<dyn Future<Output = std::result::Result<T, CoreError>> + Send>> = match bad_options {
+        None => Box::pin(make(call)),
+        Some(e) => Box::pin(async move { Err(e) }),
+    };
+    let fut = CatchUnwind(job);
     napi::bindgen_prelude::spawn(async move {
         let outcome: std::result::Result<T, CoreError> = fut.await;
         completer.push(id, Box::new(outcome));
