@@ -75,13 +75,13 @@ impl Dims {
     pub(crate) fn new(cfg: &ModelConfig) -> Result<Dims> {
         let b = &cfg.bert;
         let head_dim = b.head_dim();
-        if b.hidden_size % 64 != 0 || b.hidden_size > 4096 || b.hidden_size != head_dim * b.num_attention_heads {
+        if !b.hidden_size.is_multiple_of(64) || b.hidden_size > 4096 || b.hidden_size != head_dim * b.num_attention_heads {
             return Err(err!(CudaUnavailable, "the CUDA kernels need hidden_size a multiple of 64 (at most 4096), got {}", b.hidden_size));
         }
-        if head_dim % 32 != 0 || head_dim > 128 {
+        if !head_dim.is_multiple_of(32) || head_dim > 128 {
             return Err(err!(CudaUnavailable, "the CUDA attention kernel needs a head size of 32, 64, 96 or 128, got {head_dim}"));
         }
-        if b.intermediate_size % 8 != 0 {
+        if !b.intermediate_size.is_multiple_of(8) {
             return Err(err!(CudaUnavailable, "the CUDA kernels need intermediate_size a multiple of 8, got {}", b.intermediate_size));
         }
         Ok(Dims {
@@ -308,7 +308,7 @@ pub(crate) struct Device {
     shared: Arc<Shared>,
     /// `CUDA_ENGINE_PROFILE=1`: per-op wall time (synchronizing after each
     /// op; graphs off), printed to stderr when the device is dropped.
-    prof: Option<RefCell<Vec<(&'static str, f64, u64)>>>,
+    prof: Option<RefCell<Vec<ProfEntry>>>,
     /// Weights stored `[in, out]` and GEMMs run NN (experiment knob).
     gemm_nn: bool,
     qkv_mode: QkvMode,
@@ -326,6 +326,9 @@ impl Drop for Device {
         }
     }
 }
+
+/// One profile row: op name, total ms, calls.
+type ProfEntry = (&'static str, f64, u64);
 
 /// [`HostModel`] without its image (kept after the upload).
 struct HostOffsets {
