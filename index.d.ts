@@ -52,6 +52,8 @@ export interface Health {
   worker: { path: string | null; source: 'env' | 'relative' | 'path' | null; mode: 'oneshot' | 'persistent' | null; running: boolean; restarts: number; [k: string]: unknown }
   devices: DeviceInfo[]
   model: { name: string; dims: number; max_tokens: number; [k: string]: unknown } | null
+  /** The loaded model's compute backend: device, dtype, device memory held (bytes), passes, fault. */
+  compute: { backend: 'cuda' | 'cpu'; device: number | null; dtype: string; memory_bytes: number; fault: string | null; [k: string]: unknown } | null
   queue: { depth: number; in_flight: number }
   errors: string[]
 }

@@ -12,7 +12,7 @@ function hostHasCudaDriver() {
 
 test('health() has the documented shape', async () => {
   const h = await addon.health()
-  for (const key of ['status', 'version', 'cuda_available', 'backend', 'cuda_path', 'worker', 'devices', 'model', 'queue', 'errors']) {
+  for (const key of ['status', 'version', 'cuda_available', 'backend', 'cuda_path', 'worker', 'devices', 'model', 'compute', 'queue', 'errors']) {
     assert.ok(key in h, `health().${key} is missing`)
   }
   assert.match(h.status, /^(ok|degraded|error)$/)
@@ -37,5 +37,34 @@ test('cuda_available matches the machine', async () => {
     assert.equal(h.cuda_available, false)
     assert.deepEqual(h.devices, [])
     assert.ok(h.errors.some((e) => e.startsWith('cuda:')), 'health says why CUDA is unavailable')
+  }
+})
+
+test('after a model loads, health reports it and its compute backend', async () => {
+  const path = await import('node:path')
+  const modelDir = path.resolve(new URL('..', import.meta.url).pathname, 'models/all-MiniLM-L6-v2')
+  const engine = await addon.Engine.open({ model: modelDir })
+  try {
+    const h = await engine.health()
+    assert.equal(h.model.name, 'all-MiniLM-L6-v2')
+    assert.equal(h.model.dims, 384)
+    assert.equal(h.compute.backend, h.cuda_available ? 'cuda' : 'cpu')
+    assert.equal(h.backend, h.compute.backend)
+    assert.equal(h.compute.fault, null)
+    if (!h.cuda_available) {
+      // device 'auto' without CUDA: served on the CPU, and health says why.
+      assert.equal(h.status, 'degraded')
+      assert.ok(h.errors.some((e) => e.startsWith('device:')), h.errors.join('; '))
+    }
+    const cpu = await addon.Engine.open({ model: modelDir, device: 'cpu' })
+    const hc = await cpu.health()
+    assert.equal(hc.status, 'ok')
+    assert.equal(hc.compute.backend, 'cpu')
+    await cpu.close()
+    const cuda = addon.Engine.open({ model: modelDir, device: 'cuda' })
+    if (h.cuda_available) await (await cuda).close()
+    else assert.equal((await cuda.then(() => null, (e) => e)).code, 'E_CUDA_UNAVAILABLE')
+  } finally {
+    await engine.close()
   }
 })

@@ -498,6 +498,17 @@ impl Engine {
             status = Status::Degraded;
             errors.push(format!("model: {e}"));
         }
+        let embedder = self.embedder.get();
+        let backend_status = embedder.map(|e| e.backend_status());
+        if let Some(note) = embedder.and_then(|e| e.backend_note()) {
+            // `device: 'auto'` fell back to the CPU: serving, but not as asked.
+            status = Status::Degraded;
+            errors.push(format!("device: {note}"));
+        }
+        if let Some(fault) = backend_status.as_ref().and_then(|b| b.fault.clone()) {
+            status = Status::Error;
+            errors.push(format!("cuda: {fault}"));
+        }
         if self.closed.load(Ordering::Acquire) {
             status = Status::Error;
             errors.push("engine: closed".into());
@@ -517,7 +528,6 @@ impl Engine {
                 })
             }
         };
-        let embedder = self.embedder.get();
         Health {
             status,
             version: crate::VERSION,
@@ -530,6 +540,7 @@ impl Engine {
             worker,
             devices: probe.devices_now(),
             model: embedder.map_or(Value::Null, |e| serde_json::to_value(e.info()).unwrap_or(Value::Null)),
+            compute: backend_status.map_or(Value::Null, |b| serde_json::to_value(b).unwrap_or(Value::Null)),
             queue: QueueHealth {
                 depth: embedder.map_or(0, |e| e.queue_stats().depth),
                 in_flight: self.admitted.load(Ordering::Acquire),

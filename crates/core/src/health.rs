@@ -39,6 +39,10 @@ pub struct Health {
     pub devices: Vec<DeviceInfo>,
     /// `{name, dims, max_tokens}` of the loaded model, null until one is loaded.
     pub model: Value,
+    /// The compute backend of the loaded model: device, dtype, device memory
+    /// held (weights + workspaces, bytes), passes/tokens run, fault. Null
+    /// until a model is loaded.
+    pub compute: Value,
     pub queue: QueueHealth,
     /// Human-readable reasons for `degraded` / `error`, and notes such as why
     /// CUDA is unavailable.

@@ -34,7 +34,9 @@ fn model_dir() -> PathBuf {
 }
 
 fn open(threads: Option<usize>) -> Arc<Embedder> {
-    let opts = EmbedderOptions { model_dir: Some(model_dir()), threads, ..Default::default() };
+    // Pinned to the CPU (fp32 tolerances); GPU numbers are checked in cuda_embed.rs.
+    let device = cuda_engine_core::model::DevicePreference::Cpu;
+    let opts = EmbedderOptions { model_dir: Some(model_dir()), threads, device, ..Default::default() };
     Embedder::open(opts).unwrap_or_else(|e| panic!("Embedder::open failed: {e}"))
 }
 

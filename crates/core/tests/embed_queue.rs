@@ -28,8 +28,11 @@ fn model_dir() -> PathBuf {
     dir
 }
 
+/// Pinned to the CPU: these tests check exact CPU numbers and queue
+/// behaviour, and on a GPU machine `auto` would pick CUDA.
 fn open(opts: EmbedderOptions) -> Arc<Embedder> {
-    Embedder::open(EmbedderOptions { model_dir: Some(model_dir()), ..opts }).unwrap()
+    let device = cuda_engine_core::model::DevicePreference::Cpu;
+    Embedder::open(EmbedderOptions { model_dir: Some(model_dir()), device, ..opts }).unwrap()
 }
 
 fn texts(n: usize) -> Vec<String> {
