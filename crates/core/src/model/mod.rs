@@ -491,6 +491,11 @@ fn model_name(dir: &Path) -> String {
             return repo.rsplit("--").next().unwrap_or(repo).to_string();
         }
     }
-    let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    canon.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string())
+    // The name as the caller gave it (a symlink `models/x -> /data/y` is
+    // named `x`); only `.`-like paths need the canonical form.
+    let named = match dir.components().next_back() {
+        Some(std::path::Component::Normal(_)) => dir.to_path_buf(),
+        _ => dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()),
+    };
+    named.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".to_string())
 }
