@@ -143,52 +143,93 @@ fn embed_ln_body(
 /// `qkv` starts at this head's Q column of the sequence's first row of the
 /// packed `[·, 3h]` buffer (K and V are `h` and `2h` further along each
 /// row); `ctx` starts at the head's column of the sequence's first row of
-/// the `[·, h]` context. Plain loops: per query row, the scores are axpys
-/// over a transposed K (vectorized over keys), the context axpys over V rows
-/// (vectorized over the head dimension).
+/// the `[·, h]` context. Register-blocked loops: 8 keys' scores (one
+/// vector) accumulate over the head dimension against a transposed,
+/// zero-padded K; 16 context columns accumulate over the keys.
 #[inline(always)]
 fn attention_head_body(qkv: &[f32], h: usize, l: usize, d: usize, scale: f32, ctx: &mut [f32], scratch: &mut Vec<f32>) {
+    const JB: usize = 8;
+    const CB: usize = 16;
     let h3 = 3 * h;
+    let lp = l.div_ceil(JB) * JB;
     scratch.clear();
-    scratch.resize(d * l + l, 0.0);
-    let (kt, srow) = scratch.split_at_mut(d * l);
-    // K transposed: kt[c, j] = k[j, c].
+    scratch.resize(d * lp + lp, 0.0);
+    let (kt, srow) = scratch.split_at_mut(d * lp);
+    // K transposed: kt[c, j] = k[j, c] (columns l..lp stay 0).
     for j in 0..l {
         let k = &qkv[j * h3 + h..][..d];
         for c in 0..d {
-            kt[c * l + j] = k[c];
+            kt[c * lp + j] = k[c];
         }
     }
     for i in 0..l {
         let q = &qkv[i * h3..][..d];
-        srow.fill(0.0);
-        for c in 0..d {
-            let qc = q[c];
-            for (s, &kv) in srow.iter_mut().zip(&kt[c * l..][..l]) {
-                *s += qc * kv;
+        for jb in (0..lp).step_by(JB) {
+            let mut acc = [0f32; JB];
+            for c in 0..d {
+                let kc = &kt[c * lp + jb..][..JB];
+                for t in 0..JB {
+                    acc[t] = q[c].mul_add(kc[t], acc[t]);
+                }
             }
+            srow[jb..jb + JB].copy_from_slice(&acc);
         }
-        // softmax(scale · scores)
-        let mut mx = [f32::NEG_INFINITY; 8];
-        for (k, &s) in srow.iter().enumerate() {
-            mx[k & 7] = mx[k & 7].max(s * scale);
+        // softmax(scale · scores) over the l real keys.
+        let srow = &mut srow[..l];
+        let max = max_lanes(srow) * scale;
+        for v in srow.iter_mut() {
+            *v = exp_f32(*v * scale - max);
         }
-        let max = mx.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = [0f32; 8];
-        for (k, s) in srow.iter_mut().enumerate() {
-            *s = exp_f32(*s * scale - max);
-            sum[k & 7] += *s;
-        }
-        let inv = 1.0 / sum.iter().sum::<f32>();
+        let inv = 1.0 / sum_lanes(srow);
         let out = &mut ctx[i * h..][..d];
-        out.fill(0.0);
-        for (j, &p) in srow.iter().enumerate() {
-            let p = p * inv;
-            for (o, &vv) in out.iter_mut().zip(&qkv[j * h3 + 2 * h..][..d]) {
-                *o += p * vv;
+        let mut c0 = 0;
+        while c0 + CB <= d {
+            let mut acc = [0f32; CB];
+            for (j, &p) in srow.iter().enumerate() {
+                let v = &qkv[j * h3 + 2 * h + c0..][..CB];
+                for t in 0..CB {
+                    acc[t] = p.mul_add(v[t], acc[t]);
+                }
             }
+            for t in 0..CB {
+                out[c0 + t] = acc[t] * inv;
+            }
+            c0 += CB;
+        }
+        for c in c0..d {
+            let mut acc = 0f32;
+            for (j, &p) in srow.iter().enumerate() {
+                acc = p.mul_add(qkv[j * h3 + 2 * h + c], acc);
+            }
+            out[c] = acc * inv;
         }
     }
+}
+
+/// Max over 8 independent lanes (vectorizes; NaN-free input).
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for k in 0..8 {
+            acc[k] = acc[k].max(c[k]);
+        }
+    }
+    chunks.remainder().iter().chain(&acc).copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Sum over 8 independent lanes (vectorizes).
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for k in 0..8 {
+            acc[k] += c[k];
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 /// LayerNorm of one row: mean and variance in f32, two passes (as PyTorch's
