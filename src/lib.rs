@@ -83,7 +83,7 @@ fn submit_impl<'e>(
             let input = input?;
             engine.get().await?.submit(input, call).await
         },
-        |env, result| Ok(job_result_to_js(env, result)?.to_unknown()),
+        |env, result| job_result_to_js(env, result),
     )
 }
 
