@@ -90,7 +90,9 @@ test('model errors: missing directory, corrupt safetensors, wrong config.json', 
 
   const copy = (name) => {
     const dir = path.join(tmp, name)
-    fs.cpSync(modelDir, dir, { recursive: true, filter: (src) => !src.endsWith('model.safetensors') })
+    // Copy real files (a symlinked model dir must not be aliased: these
+    // copies get corrupted on purpose).
+    fs.cpSync(fs.realpathSync(modelDir), dir, { recursive: true, dereference: true, filter: (src) => !src.endsWith('model.safetensors') })
     return dir
   }
   const corrupt = copy('corrupt')

@@ -90,3 +90,32 @@ test('health on the GPU machine: device listed, compute memory reported', { skip
   assert.ok(hh.compute.memory_bytes > 0)
   console.log(`# ${JSON.stringify({ devices: hh.devices, compute: hh.compute })}`)
 })
+
+/** Is the model's safetensors file fp32 (the reference weights)? */
+function weightsAreFp32() {
+  const fd = fs.openSync(path.join(modelDir, 'model.safetensors'), 'r')
+  try {
+    const len = Buffer.alloc(8)
+    fs.readSync(fd, len, 0, 8, 0)
+    const header = Buffer.alloc(Number(len.readBigUInt64LE(0)))
+    fs.readSync(fd, header, 0, header.length, 8)
+    const meta = JSON.parse(header.toString('utf8'))
+    return Object.entries(meta).some(([k, v]) => k !== '__metadata__' && v.dtype === 'F32' && v.shape.length === 2)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+const fp32Skip = skip || (weightsAreFp32() ? false : 'the model file is not fp32 (an fp16 copy): fp32-mode accuracy needs the reference weights')
+test('fp32 mode on the GPU matches sentence-transformers (cosine >= 0.99999)', { skip: fp32Skip }, async (t) => {
+  const engine = await Engine.open({ model: modelDir, device: 'cuda', dtype: 'fp32' })
+  t.after(() => engine.close())
+  assert.equal((await engine.health()).compute.dtype, 'fp32')
+  let worst = 1
+  for (const set of [fixtures, holdout]) {
+    const vectors = await engine.embed(set.map((r) => r.text))
+    set.forEach((r, i) => (worst = Math.min(worst, cosine(vectors[i], r.embedding))))
+  }
+  console.log(`# worst fp32 cosine vs sentence-transformers: ${worst.toFixed(8)}`)
+  assert.ok(worst >= 0.99999, `worst cosine ${worst}`)
+})

@@ -220,8 +220,15 @@ test('the module-level infer() and models() use the default engine', async () =>
   const res = await addon.infer({ inputs: [textInput(['hello world'])], outputs: [{ name: 'sentence_embedding' }] })
   const want = fixtures.find((r) => r.text === 'hello world').sentence_embedding
   const got = out(res, 'sentence_embedding').data
-  assert.ok(got.every((x, i) => Math.abs(x - want[i]) < 1e-5))
-  assert.equal((await addon.models())[0].name, 'all-MiniLM-L6-v2')
+  // The default engine uses device 'auto': CUDA fp16 where a GPU is present.
+  if ((await addon.health()).compute?.backend === 'cuda') {
+    const dot = got.reduce((s, x, i) => s + x * want[i], 0)
+    assert.ok(dot >= 0.9995, `cosine ${dot} on the GPU`)
+  } else {
+    assert.ok(got.every((x, i) => Math.abs(x - want[i]) < 1e-5))
+  }
+  // The model is named after its directory (CUDA_ENGINE_MODEL here).
+  assert.equal((await addon.models())[0].name, path.basename(process.env.CUDA_ENGINE_MODEL))
 })
 
 test('POST /api/v1/submit with an inference envelope (bin/cuda-service.mjs)', async () => {
