@@ -15,7 +15,6 @@
 //! Run: `cargo test -p cuda-engine-core --release --test cuda_embed -- --nocapture`
 //! (the timing test: add `--ignored cuda_forward_timings`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,22 +28,8 @@ use cuda_engine_core::ErrorCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model_dir() -> PathBuf {
-    let dir = match std::env::var_os("CUDA_ENGINE_MODEL").filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => repo_root().join("models/all-MiniLM-L6-v2"),
-    };
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "test model missing at {}: run scripts/fetch-model.sh (or set CUDA_ENGINE_MODEL)",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::{model_dir, repo_root};
 
 /// True when a CUDA device is usable; otherwise says so plainly.
 fn gpu(test: &str) -> bool {

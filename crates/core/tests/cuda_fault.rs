@@ -4,19 +4,13 @@
 //! Its own test binary: the injected illegal address ruins the process's
 //! CUDA context for everything else. Skips plainly without a GPU.
 
-use std::path::PathBuf;
-
 use cuda_engine_core::backend::cuda::{CudaBackend, CudaOptions};
 use cuda_engine_core::backend::{Backend, TokenBatch};
 use cuda_engine_core::model::{BertWeights, ModelConfig};
 use cuda_engine_core::ErrorCode;
 
-fn model_dir() -> PathBuf {
-    match std::env::var_os("CUDA_ENGINE_MODEL").filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2"),
-    }
-}
+mod common;
+use common::model_dir;
 
 #[test]
 fn sticky_fault_poisons_the_backend() {

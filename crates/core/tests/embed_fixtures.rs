@@ -6,32 +6,14 @@
 //! (`cargo test -p cuda-engine-core --release --test embed_fixtures`):
 //! a debug-build forward pass is ~50× slower.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cuda_engine_core::model::{EmbedOptions, Embedder, EmbedderOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The model by the documented resolution rules, applied from the repo root
-/// (cargo runs tests with cwd = crates/core): `CUDA_ENGINE_MODEL`, else
-/// `<repo>/models/all-MiniLM-L6-v2`.
-fn model_dir() -> PathBuf {
-    let dir = match std::env::var_os("CUDA_ENGINE_MODEL").filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => repo_root().join("models/all-MiniLM-L6-v2"),
-    };
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "test model missing at {}: run scripts/fetch-model.sh (or set CUDA_ENGINE_MODEL)",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::{model_dir, repo_root};
 
 fn open(threads: Option<usize>) -> Arc<Embedder> {
     // Pinned to the CPU (fp32 tolerances); GPU numbers are checked in cuda_embed.rs.

@@ -3,7 +3,6 @@
 //!
 //! Needs the model (scripts/fetch-model.sh); fails if it is missing.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,18 +14,8 @@ use cuda_engine_core::model::{
 use cuda_engine_core::{ErrorCode, Result};
 use tokio_util::sync::CancellationToken;
 
-fn model_dir() -> PathBuf {
-    let dir = match std::env::var_os("CUDA_ENGINE_MODEL").filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2"),
-    };
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "test model missing at {}: run scripts/fetch-model.sh (or set CUDA_ENGINE_MODEL)",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::model_dir;
 
 /// Pinned to the CPU: these tests check exact CPU numbers and queue
 /// behaviour, and on a GPU machine `auto` would pick CUDA.

@@ -17,17 +17,12 @@ use cuda_engine_core::model::EmbedOptions;
 use cuda_engine_core::{CoreError, ErrorCode};
 use serde_json::{json, Value};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
+use common::repo_root;
 
+/// Canonical, so paths compare equal to what the engine reports.
 fn model_dir() -> PathBuf {
-    let dir = match std::env::var_os("CUDA_ENGINE_MODEL").filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => repo_root().join("models/all-MiniLM-L6-v2"),
-    };
-    assert!(dir.join("model.safetensors").is_file(), "test model missing at {}: run scripts/fetch-model.sh", dir.display());
-    dir.canonicalize().unwrap()
+    common::model_dir().canonicalize().unwrap()
 }
 
 struct Record {

@@ -3,7 +3,7 @@
 //!
 //! Needs the model (scripts/fetch-model.sh); fails if it is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cuda_engine_core::model::{
     BertWeights, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, Pooling,
@@ -11,18 +11,8 @@ use cuda_engine_core::model::{
 use cuda_engine_core::{CoreError, ErrorCode};
 use tokio_util::sync::CancellationToken;
 
-fn model_dir() -> PathBuf {
-    let dir = match std::env::var_os("CUDA_ENGINE_MODEL").filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2"),
-    };
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "test model missing at {}: run scripts/fetch-model.sh (or set CUDA_ENGINE_MODEL)",
-        dir.display()
-    );
-    dir
-}
+mod common;
+use common::model_dir;
 
 /// A copy of the model directory in a temp dir; the weights are symlinked
 /// (90 MB) unless a test replaces them.
