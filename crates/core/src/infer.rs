@@ -39,6 +39,7 @@ use std::sync::Arc;
 use serde_json::{Map, Number, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::envelope::json_kind;
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
 use crate::model::{l2_normalize, Embedder, Encoded, TextTokenizer};
@@ -419,17 +420,6 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     match v {
         Value::Array(items) => items.iter().for_each(|x| flatten(x, out)),
         other => out.push(other),
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

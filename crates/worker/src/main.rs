@@ -231,20 +231,8 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
         let mut w = BufWriter::with_capacity(64 * 1024, tokio::io::stdout());
-        'outer: while let Some(m) = rx.recv().await {
-            if w.write_all(&m).await.is_err() {
-                break;
-            }
-            // Group commit: replies that are ready go out in one flush.
-            while let Ok(m) = rx.try_recv() {
-                if w.write_all(&m).await.is_err() {
-                    break 'outer;
-                }
-            }
-            if w.flush().await.is_err() {
-                break;
-            }
-        }
+        // Replies that are ready go out in one flush; a broken stdout ends it.
+        let _ = protocol::write_batched(&mut rx, &mut w).await;
     });
     let jobs: Arc<Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, BufWriter};
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -222,20 +222,9 @@ impl Slot {
 
 async fn write_task(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, stdin: ChildStdin, proc: Arc<Proc>) {
     let mut w = BufWriter::with_capacity(64 * 1024, stdin);
-    'outer: while let Some(m) = rx.recv().await {
-        if w.write_all(&m).await.is_err() {
-            break;
-        }
-        // Group commit: everything already queued goes out in one flush.
-        while let Ok(m) = rx.try_recv() {
-            if w.write_all(&m).await.is_err() {
-                break 'outer;
-            }
-        }
-        if w.flush().await.is_err() {
-            break;
-        }
-    }
+    // A write error ends the loop like a closed channel; the check below
+    // tells them apart.
+    let _ = protocol::write_batched(&mut rx, &mut w).await;
     if !rx.is_closed() {
         // The pipe broke: usually the worker is exiting (the waiter reports
         // that). One that closed stdin and lives on can get no more jobs.
