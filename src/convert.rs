@@ -71,7 +71,9 @@ impl JsVal {
         // SAFETY: the value is a typed array (checked above); `data` points at
         // `len` elements that stay alive for this synchronous call.
         status(
-            unsafe { sys::napi_get_typedarray_info(self.env, self.raw, &mut kind, &mut len, &mut data, &mut ab, &mut offset) },
+            unsafe {
+                sys::napi_get_typedarray_info(self.env, self.raw, &mut kind, &mut len, &mut data, &mut ab, &mut offset)
+            },
             "a typed array",
         )?;
         if kind != sys::TypedarrayType::uint8_array && kind != sys::TypedarrayType::uint8_clamped_array {
@@ -209,7 +211,11 @@ pub struct JsonWalker {
 
 impl JsonWalker {
     pub fn new(limits: &Limits) -> JsonWalker {
-        JsonWalker { max_depth: limits.max_json_depth, budget: limits.max_envelope_bytes, max_bytes: limits.max_envelope_bytes }
+        JsonWalker {
+            max_depth: limits.max_json_depth,
+            budget: limits.max_envelope_bytes,
+            max_bytes: limits.max_envelope_bytes,
+        }
     }
 
     fn spend(&mut self, n: usize, path: &str) -> Result<()> {
@@ -230,7 +236,9 @@ impl JsonWalker {
     pub fn to_json(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Option<Value>> {
         let t = v.type_of()?;
         Ok(Some(match t {
-            sys::ValueType::napi_undefined | sys::ValueType::napi_function | sys::ValueType::napi_symbol => return Ok(None),
+            sys::ValueType::napi_undefined | sys::ValueType::napi_function | sys::ValueType::napi_symbol => {
+                return Ok(None)
+            }
             sys::ValueType::napi_null => {
                 self.spend(4, path)?;
                 Value::Null
@@ -413,7 +421,11 @@ pub fn call_options(v: Option<JsVal>) -> Result<ParsedCall> {
     if !timeout.is_nullish()? {
         let ms = if timeout.type_of()? == sys::ValueType::napi_number { timeout.number()? } else { f64::NAN };
         if !(ms.is_finite() && ms >= 0.0) {
-            return Err(err!(InvalidArg, "`options.timeoutMs` must be a number of milliseconds >= 0, got {}", timeout.kind_name()));
+            return Err(err!(
+                InvalidArg,
+                "`options.timeoutMs` must be a number of milliseconds >= 0, got {}",
+                timeout.kind_name()
+            ));
         }
         if ms > 0.0 {
             parsed.call.timeout = Some(Duration::from_secs_f64(ms / 1e3));
@@ -422,10 +434,13 @@ pub fn call_options(v: Option<JsVal>) -> Result<ParsedCall> {
     let target = v.get(c"target")?;
     if !target.is_nullish()? {
         let s = if target.type_of()? == sys::ValueType::napi_string { Some(target.string()?) } else { None };
-        parsed.call.target = s
-            .as_deref()
-            .and_then(Target::parse)
-            .ok_or_else(|| err!(InvalidArg, "`options.target` must be 'auto', 'local' or 'worker', got {}", s.as_deref().map_or(target.kind_name().to_string(), |s| format!("{s:?}"))))?;
+        parsed.call.target = s.as_deref().and_then(Target::parse).ok_or_else(|| {
+            err!(
+                InvalidArg,
+                "`options.target` must be 'auto', 'local' or 'worker', got {}",
+                s.as_deref().map_or(target.kind_name().to_string(), |s| format!("{s:?}"))
+            )
+        })?;
     }
     let signal = v.get(c"signal")?;
     if !signal.is_nullish()? {
@@ -462,14 +477,22 @@ fn result_factory(env: &Env) -> napi::Result<sys::napi_value> {
     let mut func = ptr::null_mut();
     let cached = RESULT_FACTORY.with(|c| c.get());
     // SAFETY: JS thread; the reference was created on this thread and env.
-    if !cached.is_null() && unsafe { sys::napi_get_reference_value(raw, cached, &mut func) } == sys::Status::napi_ok && !func.is_null() {
+    if !cached.is_null()
+        && unsafe { sys::napi_get_reference_value(raw, cached, &mut func) } == sys::Status::napi_ok
+        && !func.is_null()
+    {
         return Ok(func);
     }
     let mut source = ptr::null_mut();
     let mut reference = ptr::null_mut();
     // SAFETY: JS thread; the script is a constant function expression.
     let ok = unsafe {
-        sys::napi_create_string_utf8(raw, RESULT_FACTORY_JS.as_ptr().cast(), RESULT_FACTORY_JS.len() as isize, &mut source) == sys::Status::napi_ok
+        sys::napi_create_string_utf8(
+            raw,
+            RESULT_FACTORY_JS.as_ptr().cast(),
+            RESULT_FACTORY_JS.len() as isize,
+            &mut source,
+        ) == sys::Status::napi_ok
             && sys::napi_run_script(raw, source, &mut func) == sys::Status::napi_ok
             && sys::napi_create_reference(raw, func, 1, &mut reference) == sys::Status::napi_ok
     };

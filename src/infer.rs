@@ -9,7 +9,9 @@
 use std::ptr;
 
 use cuda_engine_core::err;
-use cuda_engine_core::infer::{DataType, Elem, ElemBuilder, InferRequest, InferResponse, InferTensor, RequestedOutput, TensorData};
+use cuda_engine_core::infer::{
+    DataType, Elem, ElemBuilder, InferRequest, InferResponse, InferTensor, RequestedOutput, TensorData,
+};
 use cuda_engine_core::{CoreError, Result};
 use napi::bindgen_prelude::*;
 use napi::sys;
@@ -48,7 +50,10 @@ impl TypedView {
         }
         let (mut kind, mut len, mut data, mut ab, mut off) = (0, 0usize, ptr::null_mut(), ptr::null_mut(), 0usize);
         // SAFETY: the value is a typed array (checked above).
-        ok(unsafe { sys::napi_get_typedarray_info(env, v.raw(), &mut kind, &mut len, &mut data, &mut ab, &mut off) }, "a typed array")?;
+        ok(
+            unsafe { sys::napi_get_typedarray_info(env, v.raw(), &mut kind, &mut len, &mut data, &mut ab, &mut off) },
+            "a typed array",
+        )?;
         Ok(Some(TypedView { kind, data: data as *const u8, len }))
     }
 
@@ -97,7 +102,11 @@ impl TypedView {
         Ok(match (dt, self.kind) {
             (DataType::Uint8, _) if is_u8 => TensorData::Uint8(self.bytes().to_vec()),
             (DataType::Bytes, _) => {
-                return Err(err!(InvalidArg, "{what}: BYTES data must be an array of strings or Uint8Arrays, got {}", self.name()))
+                return Err(err!(
+                    InvalidArg,
+                    "{what}: BYTES data must be an array of strings or Uint8Arrays, got {}",
+                    self.name()
+                ))
             }
             (_, _) if is_u8 => TensorData::from_le_bytes(dt, self.bytes(), what)?,
             (DataType::Int8, T::int8_array) => TensorData::Int8(self.copy()),
@@ -112,12 +121,12 @@ impl TypedView {
             (DataType::Uint64, T::biguint64_array) => TensorData::Uint64(self.copy()),
             _ => {
                 return Err(err!(
-                    InvalidArg,
-                    "{what}: datatype {} does not match {} (use {}, a plain array, or a Uint8Array of little-endian bytes)",
-                    dt.as_str(),
-                    self.name(),
-                    typed_array_for(dt)
-                ))
+                InvalidArg,
+                "{what}: datatype {} does not match {} (use {}, a plain array, or a Uint8Array of little-endian bytes)",
+                dt.as_str(),
+                self.name(),
+                typed_array_for(dt)
+            ))
             }
         })
     }
@@ -145,7 +154,10 @@ fn bigint(env: sys::napi_env, v: JsVal) -> Result<i128> {
     let (mut sign, mut count) = (0i32, 0usize);
     // SAFETY: null sign and buffer ask for the word count only (Node
     // rejects a sign pointer without a buffer).
-    ok(unsafe { sys::napi_get_value_bigint_words(env, v.raw(), ptr::null_mut(), &mut count, ptr::null_mut()) }, "a BigInt")?;
+    ok(
+        unsafe { sys::napi_get_value_bigint_words(env, v.raw(), ptr::null_mut(), &mut count, ptr::null_mut()) },
+        "a BigInt",
+    )?;
     if count > 2 {
         // Beyond any tensor type: report it as out of range.
         return Ok(if sign == 1 { i128::MIN } else { i128::MAX });
@@ -164,7 +176,14 @@ fn bigint(env: sys::napi_env, v: JsVal) -> Result<i128> {
 }
 
 /// Walk a plain (possibly nested) array into `out`, row-major.
-fn walk_data(env: sys::napi_env, v: JsVal, out: &mut ElemBuilder, dt: DataType, what: &str, depth: usize) -> Result<()> {
+fn walk_data(
+    env: sys::napi_env,
+    v: JsVal,
+    out: &mut ElemBuilder,
+    dt: DataType,
+    what: &str,
+    depth: usize,
+) -> Result<()> {
     if depth > MAX_DATA_DEPTH {
         return Err(err!(InvalidArg, "{what}: `data` is nested deeper than {MAX_DATA_DEPTH} levels"));
     }
@@ -190,15 +209,21 @@ fn walk_data(env: sys::napi_env, v: JsVal, out: &mut ElemBuilder, dt: DataType, 
             }
             sys::ValueType::napi_object => match TypedView::of(env, x)? {
                 // A Uint8Array inside BYTES data is one element.
-                Some(t) if dt == DataType::Bytes && (t.kind == sys::TypedarrayType::uint8_array) => Elem::Bytes(t.bytes().to_vec()),
+                Some(t) if dt == DataType::Bytes && (t.kind == sys::TypedarrayType::uint8_array) => {
+                    Elem::Bytes(t.bytes().to_vec())
+                }
                 // Rows given as typed arrays (e.g. embed()'s Float32Array[]).
                 Some(t) => {
                     out.extend(t.tensor(dt, what)?, what)?;
                     continue;
                 }
-                None => return Err(err!(InvalidArg, "{what}: data[{idx}] is an object, not a {} element", dt.as_str())),
+                None => {
+                    return Err(err!(InvalidArg, "{what}: data[{idx}] is an object, not a {} element", dt.as_str()))
+                }
             },
-            _ => return Err(err!(InvalidArg, "{what}: data[{idx}] is {}, not a {} element", x.kind_name(), dt.as_str())),
+            _ => {
+                return Err(err!(InvalidArg, "{what}: data[{idx}] is {}, not a {} element", x.kind_name(), dt.as_str()))
+            }
         };
         out.push(elem, idx, what)?;
     }
@@ -249,7 +274,11 @@ fn params(v: JsVal, field: &str, walker: &mut JsonWalker) -> Result<Option<Map<S
 
 fn read_tensor(env: sys::napi_env, v: JsVal, field: &str, walker: &mut JsonWalker) -> Result<InferTensor> {
     if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
-        return Err(err!(InvalidArg, "`{field}` must be an object {{name, shape, datatype, data}}, got {}", v.kind_name()));
+        return Err(err!(
+            InvalidArg,
+            "`{field}` must be an object {{name, shape, datatype, data}}, got {}",
+            v.kind_name()
+        ));
     }
     let name = opt_str(v, c"name", &format!("{field}.name"), false)?
         .ok_or_else(|| err!(InvalidArg, "`{field}.name` must be a string"))?;
@@ -275,7 +304,10 @@ fn read_tensor(env: sys::napi_env, v: JsVal, field: &str, walker: &mut JsonWalke
             _ => return Err(bad_shape()),
         };
         if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= usize::MAX as f64) {
-            return Err(err!(InvalidArg, "{what}: `shape` must be an array of non-negative integers, got {n} at [{i}]"));
+            return Err(err!(
+                InvalidArg,
+                "{what}: `shape` must be an array of non-negative integers, got {n} at [{i}]"
+            ));
         }
         shape.push(n as usize);
     }
@@ -295,7 +327,11 @@ pub fn infer_request(env: sys::napi_env, v: JsVal, walker: &mut JsonWalker) -> R
     }
     let inputs_v = v.get(c"inputs")?;
     if !inputs_v.is_array() {
-        return Err(err!(InvalidArg, "`inputs` must be an array of tensors {{name, shape, datatype, data}}, got {}", inputs_v.kind_name()));
+        return Err(err!(
+            InvalidArg,
+            "`inputs` must be an array of tensors {{name, shape, datatype, data}}, got {}",
+            inputs_v.kind_name()
+        ));
     }
     let mut inputs = Vec::new();
     for i in 0..inputs_v.array_len()? {
@@ -391,14 +427,7 @@ pub fn infer_impl<'e>(
     let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)));
     let mut walker = JsonWalker::new(&engine.limits());
     let request = infer_request(raw_env, JsVal::new(raw_env, request.value().value), &mut walker);
-    spawn_job(
-        env,
-        parsed,
-        move |call| async move {
-            engine.get().await?.infer(request?, call).await
-        },
-        response_to_js,
-    )
+    spawn_job(env, parsed, move |call| async move { engine.get().await?.infer(request?, call).await }, response_to_js)
 }
 
 pub fn models_impl(env: &Env, engine: EngineRef) -> napi::Result<PromiseRaw<'_, Unknown<'_>>> {
@@ -422,7 +451,11 @@ pub fn models_impl(env: &Env, engine: EngineRef) -> napi::Result<PromiseRaw<'_, 
 )]
 // napi registers it at load; `cargo test` builds don't, so only they see it unused.
 #[cfg_attr(test, allow(dead_code))]
-pub fn infer<'e>(env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+pub fn infer<'e>(
+    env: &'e Env,
+    request: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
     infer_impl(env, EngineRef::Default, request, options)
 }
 
@@ -442,7 +475,12 @@ impl Engine {
         ts_args_type = "request: InferRequest, options?: CallOptions",
         ts_return_type = "Promise<InferResponse>"
     )]
-    pub fn infer<'e>(&self, env: &'e Env, request: Unknown<'e>, options: Option<Unknown<'e>>) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+    pub fn infer<'e>(
+        &self,
+        env: &'e Env,
+        request: Unknown<'e>,
+        options: Option<Unknown<'e>>,
+    ) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
         infer_impl(env, EngineRef::Open(self.inner.clone()), request, options)
     }
 

@@ -34,10 +34,7 @@ async fn open_engine(options: EngineOptions) -> std::result::Result<Arc<CoreEngi
 }
 
 async fn default_engine() -> std::result::Result<Arc<CoreEngine>, CoreError> {
-    DEFAULT_ENGINE
-        .get_or_try_init(|| open_engine(EngineOptions::default()))
-        .await
-        .cloned()
+    DEFAULT_ENGINE.get_or_try_init(|| open_engine(EngineOptions::default())).await.cloned()
 }
 
 fn default_limits() -> Limits {
@@ -131,7 +128,11 @@ fn health_impl<'e>(env: &'e Env, engine: EngineRef) -> Result<PromiseRaw<'e, Unk
     ts_args_type = "envelope: Envelope | string | Uint8Array, options?: CallOptions",
     ts_return_type = "Promise<JobResult>"
 )]
-pub fn submit<'e>(env: &'e Env, envelope: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+pub fn submit<'e>(
+    env: &'e Env,
+    envelope: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     submit_impl(env, EngineRef::Default, envelope, options)
 }
 
@@ -142,7 +143,11 @@ pub fn submit<'e>(env: &'e Env, envelope: Unknown<'e>, options: Option<Unknown<'
     ts_args_type = "input: string | string[], options?: EmbedOptions",
     ts_return_type = "Promise<Float32Array | Float32Array[]>"
 )]
-pub fn embed<'e>(env: &'e Env, input: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+pub fn embed<'e>(
+    env: &'e Env,
+    input: Unknown<'e>,
+    options: Option<Unknown<'e>>,
+) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     embed_impl(env, EngineRef::Default, input, options)
 }
 
@@ -174,7 +179,8 @@ pub struct DiscoveryOptions {
 }
 
 fn discovery_base(options: Option<DiscoveryOptions>) -> std::result::Result<std::path::PathBuf, CoreError> {
-    let cwd = std::env::current_dir().map_err(|e| CoreError::internal(format!("cannot read the current directory: {e}")))?;
+    let cwd =
+        std::env::current_dir().map_err(|e| CoreError::internal(format!("cannot read the current directory: {e}")))?;
     Ok(match options.and_then(|o| o.base_dir) {
         Some(b) => cwd.join(b),
         None => cwd,
@@ -214,7 +220,12 @@ impl Engine {
         ts_args_type = "envelope: Envelope | string | Uint8Array, options?: CallOptions",
         ts_return_type = "Promise<JobResult>"
     )]
-    pub fn submit<'e>(&self, env: &'e Env, envelope: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+    pub fn submit<'e>(
+        &self,
+        env: &'e Env,
+        envelope: Unknown<'e>,
+        options: Option<Unknown<'e>>,
+    ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
         submit_impl(env, EngineRef::Open(self.inner.clone()), envelope, options)
     }
 
@@ -223,7 +234,12 @@ impl Engine {
         ts_args_type = "input: string | string[], options?: EmbedOptions",
         ts_return_type = "Promise<Float32Array | Float32Array[]>"
     )]
-    pub fn embed<'e>(&self, env: &'e Env, input: Unknown<'e>, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+    pub fn embed<'e>(
+        &self,
+        env: &'e Env,
+        input: Unknown<'e>,
+        options: Option<Unknown<'e>>,
+    ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
         embed_impl(env, EngineRef::Open(self.inner.clone()), input, options)
     }
 

@@ -70,7 +70,10 @@ impl SignalHook {
         // SAFETY: JS thread, valid env.
         unsafe { sys::napi_create_string_utf8(raw_env, c"abort".as_ptr(), 5, &mut event) };
         if !call_method(raw_env, signal.raw(), c"addEventListener", &[event, listener_raw]) {
-            return Err(napi::Error::new(Status::InvalidArg, "options.signal.addEventListener failed: is it an AbortSignal?"));
+            return Err(napi::Error::new(
+                Status::InvalidArg,
+                "options.signal.addEventListener failed: is it an AbortSignal?",
+            ));
         }
         let mut signal_ref = ptr::null_mut();
         let mut listener_ref = ptr::null_mut();
@@ -175,7 +178,12 @@ unsafe extern "C" fn completer_finalize(_env: sys::napi_env, data: *mut c_void, 
 }
 
 /// Runs on the JS thread: settle every job that finished since the last drain.
-unsafe extern "C" fn completer_drain(env: sys::napi_env, _js_cb: sys::napi_value, context: *mut c_void, _data: *mut c_void) {
+unsafe extern "C" fn completer_drain(
+    env: sys::napi_env,
+    _js_cb: sys::napi_value,
+    context: *mut c_void,
+    _data: *mut c_void,
+) {
     if env.is_null() {
         return; // the function is being torn down
     }
@@ -190,7 +198,9 @@ unsafe extern "C" fn completer_drain(env: sys::napi_env, _js_cb: sys::napi_value
     };
     let js_env = Env::from_raw(env);
     for (id, outcome) in done {
-        let Some(p) = JS_STATE.with(|s| s.borrow_mut().as_mut().and_then(|st| st.pending.remove(&id))) else { continue };
+        let Some(p) = JS_STATE.with(|s| s.borrow_mut().as_mut().and_then(|st| st.pending.remove(&id))) else {
+            continue;
+        };
         let mut scope = ptr::null_mut();
         // SAFETY: JS thread; a scope per job bounds handles in big batches.
         unsafe { sys::napi_open_handle_scope(env, &mut scope) };
@@ -220,7 +230,8 @@ unsafe extern "C" fn completer_drain(env: sys::napi_env, _js_cb: sys::napi_value
 
 fn init_state(env: &Env) -> napi::Result<()> {
     let raw = env.raw();
-    let completer = Arc::new(Completer { tsfn: AtomicPtr::new(ptr::null_mut()), queue: Mutex::new(CompletionQueue::default()) });
+    let completer =
+        Arc::new(Completer { tsfn: AtomicPtr::new(ptr::null_mut()), queue: Mutex::new(CompletionQueue::default()) });
     let leaked = Arc::into_raw(completer.clone()) as *mut c_void;
     let mut name = ptr::null_mut();
     let mut tsfn = ptr::null_mut();

@@ -137,7 +137,12 @@ impl Batcher {
 
     /// Like [`Batcher::submit`], and with `want_hidden` also each sequence's
     /// last hidden state (for `infer`'s `last_hidden_state`).
-    pub async fn submit_tensors(&self, seqs: Vec<Encoded>, want_hidden: bool, cancel: CancellationToken) -> TensorReply {
+    pub async fn submit_tensors(
+        &self,
+        seqs: Vec<Encoded>,
+        want_hidden: bool,
+        cancel: CancellationToken,
+    ) -> TensorReply {
         let n = seqs.len();
         if n == 0 {
             return Ok((Vec::new(), Vec::new()));
@@ -150,7 +155,10 @@ impl Batcher {
             .depth
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| (d + n <= max).then_some(d + n))
             .map_err(|d| {
-                err!(Overloaded, "embedding queue is full: {d} texts waiting, this call adds {n}, limit {max} (maxQueuedTexts)")
+                err!(
+                    Overloaded,
+                    "embedding queue is full: {d} texts waiting, this call adds {n}, limit {max} (maxQueuedTexts)"
+                )
             })?;
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Request { seqs, want_hidden, cancel: cancel.clone(), reply }).is_err() {
@@ -187,7 +195,14 @@ struct Actor {
 impl Actor {
     fn push(&mut self, req: Request) {
         let n = req.seqs.len();
-        self.queue.push_back(Pending { req, next: 0, done: 0, out: vec![Vec::new(); n], hidden: vec![Vec::new(); n], failed: false });
+        self.queue.push_back(Pending {
+            req,
+            next: 0,
+            done: 0,
+            out: vec![Vec::new(); n],
+            hidden: vec![Vec::new(); n],
+            failed: false,
+        });
     }
 
     fn run(mut self) {

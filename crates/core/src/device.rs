@@ -100,10 +100,5 @@ fn probe_uncached() -> CudaProbe {
         }
     }
     let available = !devices.is_empty();
-    CudaProbe {
-        available,
-        devices,
-        reason: if errors.is_empty() { None } else { Some(errors.join("; ")) },
-        contexts,
-    }
+    CudaProbe { available, devices, reason: if errors.is_empty() { None } else { Some(errors.join("; ")) }, contexts }
 }

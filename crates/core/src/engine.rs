@@ -100,12 +100,18 @@ impl EngineOptions {
                 "cpu" => DevicePreference::Cpu,
                 "cuda" => DevicePreference::Cuda(None),
                 other => {
-                    return Err(err!(InvalidArg, "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {other:?}"))
+                    return Err(err!(
+                        InvalidArg,
+                        "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {other:?}"
+                    ))
                 }
             },
             Some(Value::Number(n)) if n.as_u64().is_some() => DevicePreference::Cuda(n.as_u64().map(|i| i as usize)),
             Some(other) => {
-                return Err(err!(InvalidArg, "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {other}"))
+                return Err(err!(
+                    InvalidArg,
+                    "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {other}"
+                ))
             }
         };
         match obj.get("baseDir") {
@@ -258,7 +264,8 @@ impl Engine {
             return Err(CoreError::cancelled());
         }
         let cancel = call.cancel.clone();
-        with_deadline(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call, ErrorCode::Timeout).await
+        with_deadline(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call, ErrorCode::Timeout)
+            .await
     }
 
     pub fn options(&self) -> &EngineOptions {
@@ -400,7 +407,9 @@ impl Engine {
                 };
                 (JobOutput::Json(output), "json", backend)
             }
-            JobType::Other(_) => return Err(CoreError::internal("route() sent a job without a local runner to run_local")),
+            JobType::Other(_) => {
+                return Err(CoreError::internal("route() sent a job without a local runner to run_local"))
+            }
         };
         Ok(JobResult {
             id: envelope.id,
@@ -422,7 +431,9 @@ impl Engine {
             return Err(CoreError::cancelled());
         }
         let start = Instant::now();
-        let route = with_deadline(self.route_inference(req.model_name.as_deref(), call.target), &call, ErrorCode::Timeout).await?;
+        let route =
+            with_deadline(self.route_inference(req.model_name.as_deref(), call.target), &call, ErrorCode::Timeout)
+                .await?;
         match route {
             Route::Local => {
                 // The deadline counts from the call, not from here (routing
@@ -432,7 +443,12 @@ impl Engine {
                     ..call.clone()
                 };
                 let cancel = call.cancel.clone();
-                with_deadline(async { infer::run(&self.embedder().await?, req, cancel).await }, &rest, ErrorCode::Timeout).await
+                with_deadline(
+                    async { infer::run(&self.embedder().await?, req, cancel).await },
+                    &rest,
+                    ErrorCode::Timeout,
+                )
+                .await
             }
             Route::Worker(worker) => {
                 let envelope = Envelope {
@@ -445,9 +461,11 @@ impl Engine {
                 let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
                 match worker.run(&envelope, remaining, call.cancel.clone()).await?.output {
                     JobOutput::Json(v) => InferResponse::from_json(&v),
-                    JobOutput::Bytes(b) => {
-                        Err(err!(WorkerProtocol, "the worker answered an inference with {} raw bytes, not a JSON response", b.len()))
-                    }
+                    JobOutput::Bytes(b) => Err(err!(
+                        WorkerProtocol,
+                        "the worker answered an inference with {} raw bytes, not a JSON response",
+                        b.len()
+                    )),
                 }
             }
         }
@@ -613,7 +631,9 @@ fn embedding_request(payload: Payload) -> Result<(Vec<String>, EmbedOptions)> {
                 other => Err(err!(InvalidArg, "`payload.texts[{i}]` must be a string, got {other}")),
             })
             .collect::<Result<Vec<_>>>()?,
-        (None, Some(other)) => return Err(err!(InvalidArg, "`payload.texts` must be an array of strings, got {other}")),
+        (None, Some(other)) => {
+            return Err(err!(InvalidArg, "`payload.texts` must be an array of strings, got {other}"))
+        }
         (None, None) => return Err(err!(InvalidArg, "an `embedding` payload needs `text` or `texts`")),
     };
     let mut opts = EmbedOptions::default();

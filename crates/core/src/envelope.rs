@@ -72,8 +72,8 @@ pub struct Envelope {
     pub encoding: Encoding,
 }
 
-use crate::error::{CoreError, ErrorCode, Result};
 use crate::err;
+use crate::error::{CoreError, ErrorCode, Result};
 
 /// The envelope's object form, before its payload is decoded. The N-API
 /// layer builds this from a JS object; `decode_bytes` builds it from text.
@@ -104,9 +104,7 @@ impl RawEnvelope {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s),
             Some(Value::Number(n)) => Some(n.to_string()),
-            Some(other) => {
-                return Err(err!(Envelope, "`id` must be a string or a number, got {}", json_kind(&other)))
-            }
+            Some(other) => return Err(err!(Envelope, "`id` must be a string or a number, got {}", json_kind(&other))),
         };
         let job_type = match obj.remove("type") {
             None | Some(Value::Null) => None,
@@ -141,9 +139,10 @@ impl RawEnvelope {
         };
         let encoding = match self.encoding.as_deref() {
             None => None,
-            Some(s) => Some(Encoding::parse(s).ok_or_else(|| {
-                err!(Envelope, "`encoding` must be one of json, raw, cbor, msgpack; got {s:?}")
-            })?),
+            Some(s) => Some(
+                Encoding::parse(s)
+                    .ok_or_else(|| err!(Envelope, "`encoding` must be one of json, raw, cbor, msgpack; got {s:?}"))?,
+            ),
         };
         if let Some(bytes) = self.payload_bytes {
             if self.payload.is_some() || self.payload_b64.is_some() {
@@ -272,8 +271,7 @@ fn looks_like_json(bytes: &[u8]) -> bool {
     let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return false;
     };
-    matches!(first, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
-        && std::str::from_utf8(bytes).is_ok()
+    matches!(first, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') && std::str::from_utf8(bytes).is_ok()
 }
 
 fn check_depth(value: &Value, limits: &Limits, field: &str) -> Result<()> {
@@ -471,7 +469,8 @@ mod tests {
         use base64::Engine as _;
         let std = base64::engine::general_purpose::STANDARD.encode(&bytes);
         let url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes);
-        let wrapped: String = std.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\r\n");
+        let wrapped: String =
+            std.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\r\n");
         for text in [std.clone(), std.trim_end_matches('=').to_string(), url, wrapped, format!("  {std}\n")] {
             assert_eq!(decode_base64(&text, "payload_b64").unwrap(), bytes, "{text:.20}");
         }

@@ -250,7 +250,14 @@ impl TensorData {
                     _ => Elem::Float(n.as_f64().unwrap_or(f64::NAN)),
                 },
                 Value::String(s) => Elem::Bytes(s.as_bytes().to_vec()),
-                other => return Err(err!(InvalidArg, "{what}: data[{i}] is {}, not a {} element", json_kind(other), dt.as_str())),
+                other => {
+                    return Err(err!(
+                        InvalidArg,
+                        "{what}: data[{i}] is {}, not a {} element",
+                        json_kind(other),
+                        dt.as_str()
+                    ))
+                }
             };
             b.push(elem, i, what)?;
         }
@@ -278,7 +285,9 @@ impl TensorData {
             TensorData::Fp16(v) => nums(v, |x| float(half::f16::from_bits(x).to_f64())),
             TensorData::Fp32(v) => nums(v, |x| float(x as f64)),
             TensorData::Fp64(v) => nums(v, float),
-            TensorData::Bytes(v) => Value::Array(v.iter().map(|b| Value::String(String::from_utf8_lossy(b).into_owned())).collect()),
+            TensorData::Bytes(v) => {
+                Value::Array(v.iter().map(|b| Value::String(String::from_utf8_lossy(b).into_owned())).collect())
+            }
         }
     }
 }
@@ -346,7 +355,13 @@ impl ElemBuilder {
                     ref other => return Err(bad(other)),
                 };
                 let x = <$t>::try_from(x).map_err(|_| {
-                    err!(InvalidArg, "{what}: data[{i}] = {x} is out of range for {} ({}..={})", dt.as_str(), <$t>::MIN, <$t>::MAX)
+                    err!(
+                        InvalidArg,
+                        "{what}: data[{i}] = {x} is out of range for {} ({}..={})",
+                        dt.as_str(),
+                        <$t>::MIN,
+                        <$t>::MAX
+                    )
                 })?;
                 $v.push(x)
             }};
@@ -473,24 +488,52 @@ impl InferTensor {
     /// sits (`inputs[0]`), used until the name is known.
     fn from_json(v: &Value, field: &str, kind: &str) -> Result<InferTensor> {
         let Value::Object(o) = v else {
-            return Err(err!(InvalidArg, "`{field}` must be an object {{name, shape, datatype, data}}, got {}", json_kind(v)));
+            return Err(err!(
+                InvalidArg,
+                "`{field}` must be an object {{name, shape, datatype, data}}, got {}",
+                json_kind(v)
+            ));
         };
         let name = match o.get("name") {
             Some(Value::String(s)) => s.clone(),
-            other => return Err(err!(InvalidArg, "`{field}.name` must be a string, got {}", other.map_or("nothing", json_kind))),
+            other => {
+                return Err(err!(
+                    InvalidArg,
+                    "`{field}.name` must be a string, got {}",
+                    other.map_or("nothing", json_kind)
+                ))
+            }
         };
         let what = format!("{kind} `{name}`");
         let dt = match o.get("datatype") {
             Some(Value::String(s)) => DataType::parse_named(s, &what)?,
-            other => return Err(err!(InvalidArg, "{what}: `datatype` must be a string, got {}", other.map_or("nothing", json_kind))),
+            other => {
+                return Err(err!(
+                    InvalidArg,
+                    "{what}: `datatype` must be a string, got {}",
+                    other.map_or("nothing", json_kind)
+                ))
+            }
         };
         let shape = match o.get("shape") {
             Some(Value::Array(dims)) => dims
                 .iter()
                 .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
                 .collect::<Option<Vec<usize>>>()
-                .ok_or_else(|| err!(InvalidArg, "{what}: `shape` must be an array of non-negative integers, got {}", Value::Array(dims.clone())))?,
-            other => return Err(err!(InvalidArg, "{what}: `shape` must be an array, got {}", other.map_or("nothing", json_kind))),
+                .ok_or_else(|| {
+                    err!(
+                        InvalidArg,
+                        "{what}: `shape` must be an array of non-negative integers, got {}",
+                        Value::Array(dims.clone())
+                    )
+                })?,
+            other => {
+                return Err(err!(
+                    InvalidArg,
+                    "{what}: `shape` must be an array, got {}",
+                    other.map_or("nothing", json_kind)
+                ))
+            }
         };
         let data = match o.get("data") {
             Some(d) => TensorData::from_json(dt, d, &what)?,
@@ -499,7 +542,9 @@ impl InferTensor {
         let parameters = match o.get("parameters") {
             None | Some(Value::Null) => None,
             Some(Value::Object(p)) => Some(p.clone()),
-            Some(other) => return Err(err!(InvalidArg, "{what}: `parameters` must be an object, got {}", json_kind(other))),
+            Some(other) => {
+                return Err(err!(InvalidArg, "{what}: `parameters` must be an object, got {}", json_kind(other)))
+            }
         };
         Ok(InferTensor { name, shape, data, parameters })
     }
@@ -543,7 +588,11 @@ impl InferRequest {
     /// Read a request from its JSON form (a `submit` payload).
     pub fn from_json(v: &Value) -> Result<InferRequest> {
         let Value::Object(o) = v else {
-            return Err(err!(InvalidArg, "an inference request must be an object {{inputs: [...]}}, got {}", json_kind(v)));
+            return Err(err!(
+                InvalidArg,
+                "an inference request must be an object {{inputs: [...]}}, got {}",
+                json_kind(v)
+            ));
         };
         let parameters = match o.get("parameters") {
             None | Some(Value::Null) => Map::new(),
@@ -556,7 +605,13 @@ impl InferRequest {
                 .enumerate()
                 .map(|(i, t)| InferTensor::from_json(t, &format!("inputs[{i}]"), "input"))
                 .collect::<Result<Vec<_>>>()?,
-            other => return Err(err!(InvalidArg, "`inputs` must be an array of tensors, got {}", other.map_or("nothing", json_kind))),
+            other => {
+                return Err(err!(
+                    InvalidArg,
+                    "`inputs` must be an array of tensors, got {}",
+                    other.map_or("nothing", json_kind)
+                ))
+            }
         };
         let outputs = match o.get("outputs") {
             None | Some(Value::Null) => None,
@@ -572,11 +627,15 @@ impl InferRequest {
                             },
                             parameters: t.get("parameters").and_then(Value::as_object).cloned(),
                         }),
-                        other => Err(err!(InvalidArg, "`outputs[{i}]` must be an object {{name}}, got {}", json_kind(other))),
+                        other => {
+                            Err(err!(InvalidArg, "`outputs[{i}]` must be an object {{name}}, got {}", json_kind(other)))
+                        }
                     })
                     .collect::<Result<Vec<_>>>()?,
             ),
-            Some(other) => return Err(err!(InvalidArg, "`outputs` must be an array of {{name}}, got {}", json_kind(other))),
+            Some(other) => {
+                return Err(err!(InvalidArg, "`outputs` must be an array of {{name}}, got {}", json_kind(other)))
+            }
         };
         Ok(InferRequest {
             id: opt_string(o, "id")?,
@@ -657,7 +716,11 @@ impl InferResponse {
     pub fn from_json(v: &Value) -> Result<InferResponse> {
         let bad = |e: CoreError| err!(WorkerProtocol, "the worker's inference reply is malformed: {}", e.message);
         let Value::Object(o) = v else {
-            return Err(err!(WorkerProtocol, "the worker's inference reply must be an object {{model_name, outputs}}, got {}", json_kind(v)));
+            return Err(err!(
+                WorkerProtocol,
+                "the worker's inference reply must be an object {{model_name, outputs}}, got {}",
+                json_kind(v)
+            ));
         };
         let outputs = match o.get("outputs") {
             Some(Value::Array(items)) => items
@@ -817,7 +880,10 @@ fn check_dtype(t: &InferTensor, allowed: &[DataType]) -> Result<()> {
 
 fn validate(req: &InferRequest, m: &ModelLimits, tok: &TextTokenizer) -> Result<Plan> {
     if req.inputs.is_empty() {
-        return Err(err!(InvalidArg, "`inputs` is empty: give `input_ids` (INT64/INT32 [batch, seq]) or `text` (BYTES [batch])"));
+        return Err(err!(
+            InvalidArg,
+            "`inputs` is empty: give `input_ids` (INT64/INT32 [batch, seq]) or `text` (BYTES [batch])"
+        ));
     }
     // Generic rules first (shape vs data), then the model's.
     let mut by_name: [Option<&InferTensor>; 4] = [None; 4];
@@ -849,7 +915,13 @@ fn validate(req: &InferRequest, m: &ModelLimits, tok: &TextTokenizer) -> Result<
             check_dtype(text, &[DataType::Bytes])?;
             let batch = match text.shape[..] {
                 [b] | [b, 1] => b,
-                _ => return Err(err!(InvalidArg, "input `text`: shape must be [batch] (or [batch, 1]), got {:?}", text.shape)),
+                _ => {
+                    return Err(err!(
+                        InvalidArg,
+                        "input `text`: shape must be [batch] (or [batch, 1]), got {:?}",
+                        text.shape
+                    ))
+                }
             };
             if batch == 0 {
                 return Err(err!(InvalidArg, "input `text`: the batch is empty (shape {:?})", text.shape));
@@ -877,7 +949,9 @@ fn validate(req: &InferRequest, m: &ModelLimits, tok: &TextTokenizer) -> Result<
             check_dtype(ids, &int)?;
             let (batch, seq) = match ids.shape[..] {
                 [b, s] => (b, s),
-                _ => return Err(err!(InvalidArg, "input `input_ids`: shape must be [batch, seq], got {:?}", ids.shape)),
+                _ => {
+                    return Err(err!(InvalidArg, "input `input_ids`: shape must be [batch, seq], got {:?}", ids.shape))
+                }
             };
             if batch == 0 || seq == 0 {
                 return Err(err!(InvalidArg, "input `input_ids`: shape {:?} is empty", ids.shape));
@@ -916,7 +990,11 @@ fn validate(req: &InferRequest, m: &ModelLimits, tok: &TextTokenizer) -> Result<
                     let mut lens = Vec::with_capacity(batch);
                     for (b, row) in mv.chunks(seq).enumerate() {
                         if let Some(s) = row.iter().position(|&x| x != 0 && x != 1) {
-                            return Err(err!(InvalidArg, "input `attention_mask`: value {} at [{b}, {s}] must be 0 or 1", row[s]));
+                            return Err(err!(
+                                InvalidArg,
+                                "input `attention_mask`: value {} at [{b}, {s}] must be 0 or 1",
+                                row[s]
+                            ));
                         }
                         let len = row.iter().take_while(|&&x| x == 1).count();
                         if let Some(s) = row[len..].iter().position(|&x| x == 1) {
@@ -946,7 +1024,9 @@ fn validate(req: &InferRequest, m: &ModelLimits, tok: &TextTokenizer) -> Result<
             if let Some(tv) = &type_vals {
                 // Only real (unmasked) positions reach the model.
                 for (b, &len) in lens.iter().enumerate() {
-                    if let Some(s) = tv[b * seq..b * seq + len].iter().position(|&x| x < 0 || x as u64 >= m.type_vocab_size as u64) {
+                    if let Some(s) =
+                        tv[b * seq..b * seq + len].iter().position(|&x| x < 0 || x as u64 >= m.type_vocab_size as u64)
+                    {
                         return Err(err!(
                             InvalidArg,
                             "input `token_type_ids`: value {} at [{b}, {s}] is not in 0..{} (type_vocab_size)",
@@ -988,7 +1068,11 @@ fn validate(req: &InferRequest, m: &ModelLimits, tok: &TextTokenizer) -> Result<
                     INPUT_IDS if from_text => Output::InputIds,
                     ATTENTION_MASK if from_text => Output::AttentionMask,
                     INPUT_IDS | ATTENTION_MASK => {
-                        return Err(err!(InvalidArg, "output `{}` is only produced for `text` inputs (it would echo the input)", w.name))
+                        return Err(err!(
+                            InvalidArg,
+                            "output `{}` is only produced for `text` inputs (it would echo the input)",
+                            w.name
+                        ))
                     }
                     other => {
                         return Err(err!(
@@ -1072,7 +1156,12 @@ pub async fn run(embedder: &Arc<Embedder>, req: InferRequest, cancel: Cancellati
                 let mut flat = vec![0f32; batch * plan.seq_len * h];
                 for (b, rows) in hidden.iter().enumerate() {
                     if rows.len() != lens[b] * h {
-                        return Err(err!(Internal, "the backend returned {} hidden values for a {}-token sequence", rows.len(), lens[b]));
+                        return Err(err!(
+                            Internal,
+                            "the backend returned {} hidden values for a {}-token sequence",
+                            rows.len(),
+                            lens[b]
+                        ));
                     }
                     flat[b * plan.seq_len * h..][..rows.len()].copy_from_slice(rows);
                 }
@@ -1089,7 +1178,12 @@ pub async fn run(embedder: &Arc<Embedder>, req: InferRequest, cancel: Cancellati
         };
         outputs.push(InferTensor::new(out.name(), shape, data));
     }
-    Ok(InferResponse { model_name: embedder.info().name, model_version: None, id: req.id.unwrap_or_else(next_id), outputs })
+    Ok(InferResponse {
+        model_name: embedder.info().name,
+        model_version: None,
+        id: req.id.unwrap_or_else(next_id),
+        outputs,
+    })
 }
 
 fn plan_for(embedder: &Embedder, req: &InferRequest) -> Result<Plan> {

@@ -73,10 +73,7 @@ impl JobResult {
                 obj.insert("result".into(), v.clone());
             }
             JobOutput::Bytes(b) => {
-                obj.insert(
-                    "result_b64".into(),
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
-                );
+                obj.insert("result_b64".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(b)));
             }
         }
         obj.insert("timings_ms".into(), serde_json::to_value(self.timings).unwrap_or(Value::Null));

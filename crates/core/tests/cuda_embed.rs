@@ -210,9 +210,12 @@ fn cuda_graphs_chunks_and_hidden_state_agree() {
     let graphs = CudaBackend::new(&w, &config, &CudaOptions { graphs: true, ..Default::default() }).unwrap();
     // max_batch_tokens is raised to max_position_embeddings (512): a
     // 300-sequence batch of ~5k tokens runs as many passes.
-    let small =
-        CudaBackend::new(&w, &config, &CudaOptions { graphs: false, max_batch_tokens: 512, max_batch_seqs: 7, ..Default::default() })
-            .unwrap();
+    let small = CudaBackend::new(
+        &w,
+        &config,
+        &CudaOptions { graphs: false, max_batch_tokens: 512, max_batch_seqs: 7, ..Default::default() },
+    )
+    .unwrap();
     let cpu = CpuBackend::new(&w, &config, None).unwrap();
 
     for n in [1usize, 2, 3, 5, 17, 64, 300] {
@@ -266,7 +269,8 @@ fn cuda_errors_have_stable_codes() {
     let e = CudaBackend::new(&w, &config, &CudaOptions { device: 99, ..Default::default() }).err().unwrap();
     assert_eq!(e.code, ErrorCode::CudaUnavailable, "{e}");
     // Workspaces for 2^31 tokens cannot fit: E_GPU_OOM, and the next open works.
-    let e = CudaBackend::new(&w, &config, &CudaOptions { max_batch_tokens: 1 << 31, ..Default::default() }).err().unwrap();
+    let e =
+        CudaBackend::new(&w, &config, &CudaOptions { max_batch_tokens: 1 << 31, ..Default::default() }).err().unwrap();
     assert_eq!(e.code, ErrorCode::GpuOom, "{e}");
     eprintln!("oom message: {e}");
     let ok = CudaBackend::new(&w, &config, &CudaOptions::default()).unwrap();
@@ -286,7 +290,8 @@ fn without_gpu_cuda_is_unavailable_and_auto_uses_cpu() {
         eprintln!("without_gpu_cuda_is_unavailable_and_auto_uses_cpu: SKIPPED (a CUDA device is present)");
         return;
     }
-    let opts = EmbedderOptions { model_dir: Some(model_dir()), device: DevicePreference::Cuda(None), ..Default::default() };
+    let opts =
+        EmbedderOptions { model_dir: Some(model_dir()), device: DevicePreference::Cuda(None), ..Default::default() };
     let e = Embedder::open(opts).err().expect("device cuda without a GPU must fail");
     assert_eq!(e.code, ErrorCode::CudaUnavailable, "{e}");
     let auto = open(DevicePreference::Auto, Dtype::F16);
@@ -305,7 +310,9 @@ fn options_parse_device_and_dtype() {
     assert_eq!((o.device, o.dtype), (DevicePreference::Cuda(Some(1)), Dtype::F16));
     let o = EmbedderOptions::from_json(&serde_json::json!({})).unwrap();
     assert_eq!(o.device, DevicePreference::Auto);
-    for bad in [serde_json::json!({"dtype": "int8"}), serde_json::json!({"device": "gpu"}), serde_json::json!({"dtype": 16})] {
+    for bad in
+        [serde_json::json!({"dtype": "int8"}), serde_json::json!({"device": "gpu"}), serde_json::json!({"dtype": 16})]
+    {
         let e = EmbedderOptions::from_json(&bad).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArg, "{bad}: {e}");
     }
@@ -342,8 +349,9 @@ fn cuda_forward_timings() {
         );
         for n in [32usize, 128, 512, 400] {
             // ~38 tokens a text, like the benchmark corpus
-            let ts: Vec<String> =
-                (0..n).map(|i| format!("{i} {}", "lorem ipsum dolor sit amet consectetur ".repeat(4 + i % 6))).collect();
+            let ts: Vec<String> = (0..n)
+                .map(|i| format!("{i} {}", "lorem ipsum dolor sit amet consectetur ".repeat(4 + i % 6)))
+                .collect();
             let b = batch_of(&tok, &ts);
             be.forward(&b, false).unwrap();
             let reps = 20;
@@ -376,7 +384,8 @@ fn cuda_profile_big_pass() {
     }
     let (w, config, tok) = parts();
     let h = config.bert.hidden_size;
-    let ts: Vec<String> = (0..430).map(|i| format!("{i} {}", "lorem ipsum dolor sit amet consectetur ".repeat(4 + i % 6))).collect();
+    let ts: Vec<String> =
+        (0..430).map(|i| format!("{i} {}", "lorem ipsum dolor sit amet consectetur ".repeat(4 + i % 6))).collect();
     let mut n = ts.len();
     let mut b = batch_of(&tok, &ts);
     while b.total_tokens() > 16_384 {
@@ -384,10 +393,14 @@ fn cuda_profile_big_pass() {
         b = batch_of(&tok, &ts[..n]);
     }
     let mut reference: Option<Vec<f32>> = None;
-    for (dtype, qkv_mode) in
-        [(Dtype::F16, QkvMode::Fused), (Dtype::F16, QkvMode::Batched), (Dtype::F16, QkvMode::Split), (Dtype::F32, QkvMode::Batched)]
-    {
-        let be = CudaBackend::new(&w, &config, &CudaOptions { dtype, qkv_mode, profile: true, ..Default::default() }).unwrap();
+    for (dtype, qkv_mode) in [
+        (Dtype::F16, QkvMode::Fused),
+        (Dtype::F16, QkvMode::Batched),
+        (Dtype::F16, QkvMode::Split),
+        (Dtype::F32, QkvMode::Batched),
+    ] {
+        let be = CudaBackend::new(&w, &config, &CudaOptions { dtype, qkv_mode, profile: true, ..Default::default() })
+            .unwrap();
         let mut out = Vec::new();
         for _ in 0..20 {
             out = be.forward(&b, false).unwrap().pooled;
@@ -401,7 +414,12 @@ fn cuda_profile_big_pass() {
                 }
             }
         }
-        eprintln!("{} {qkv_mode:?}: 20 passes of {} tokens / {} sequences (+1 warm-up pass of 3 tokens)", dtype.as_str(), b.total_tokens(), b.n_seqs());
+        eprintln!(
+            "{} {qkv_mode:?}: 20 passes of {} tokens / {} sequences (+1 warm-up pass of 3 tokens)",
+            dtype.as_str(),
+            b.total_tokens(),
+            b.n_seqs()
+        );
         drop(be);
     }
 }

@@ -16,7 +16,10 @@ use common::model_dir;
 fn sticky_fault_poisons_the_backend() {
     let p = cuda_engine_core::device::probe();
     if !p.available {
-        eprintln!("sticky_fault_poisons_the_backend: SKIPPED (no CUDA device: {})", p.reason.as_deref().unwrap_or("none"));
+        eprintln!(
+            "sticky_fault_poisons_the_backend: SKIPPED (no CUDA device: {})",
+            p.reason.as_deref().unwrap_or("none")
+        );
         return;
     }
     let dir = model_dir();

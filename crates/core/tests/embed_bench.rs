@@ -35,7 +35,8 @@ fn cpu_throughput_and_latency() {
     let corpus = lines("BENCH_CORPUS", "/tmp/corpus.txt");
     let short = lines("BENCH_SHORT", "/tmp/short.txt");
     let ntok: usize = corpus.iter().map(|t| e.tokenizer().encode(t, 0, true).unwrap().ids.len()).sum();
-    let run = |texts: Vec<String>| rt.block_on(e.embed(texts, EmbedOptions::default(), CancellationToken::new())).unwrap();
+    let run =
+        |texts: Vec<String>| rt.block_on(e.embed(texts, EmbedOptions::default(), CancellationToken::new())).unwrap();
     run(corpus[..128].to_vec()); // warm-up
 
     for bs in [128usize, 2000] {

@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use cuda_engine_core::backend::cpu::CpuBackend;
 use cuda_engine_core::backend::{Backend, ForwardOutput, TokenBatch};
-use cuda_engine_core::model::{
-    BertWeights, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, TextTokenizer,
-};
+use cuda_engine_core::model::{BertWeights, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, TextTokenizer};
 use cuda_engine_core::{ErrorCode, Result};
 use tokio_util::sync::CancellationToken;
 
@@ -33,14 +31,24 @@ async fn too_long_without_truncation_names_the_text() {
     let e = open(EmbedderOptions::default());
     let long = "word ".repeat(300);
     let r = e
-        .embed(vec!["short".into(), long.clone()], EmbedOptions { normalize: None, truncate: false }, CancellationToken::new())
+        .embed(
+            vec!["short".into(), long.clone()],
+            EmbedOptions { normalize: None, truncate: false },
+            CancellationToken::new(),
+        )
         .await;
     let err = r.unwrap_err();
     assert_eq!(err.code, ErrorCode::TooLong);
     assert_eq!(err.message, "texts[1] has 302 tokens, max 256");
     // Exactly 256 tokens is allowed without truncation.
     let ok = "hello ".repeat(254);
-    assert_eq!(e.embed(vec![ok], EmbedOptions { normalize: None, truncate: false }, CancellationToken::new()).await.unwrap().len(), 1);
+    assert_eq!(
+        e.embed(vec![ok], EmbedOptions { normalize: None, truncate: false }, CancellationToken::new())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // With truncation (the default) the long text embeds.
     assert_eq!(e.embed(vec![long], EmbedOptions::default(), CancellationToken::new()).await.unwrap()[0].len(), 384);
 }
@@ -96,13 +104,15 @@ async fn concurrent_calls_are_merged_and_kept_apart() {
     let all = texts(48);
     let mut expected = Vec::new();
     for t in &all {
-        expected.push(e.embed(vec![t.clone()], EmbedOptions::default(), CancellationToken::new()).await.unwrap().remove(0));
+        expected
+            .push(e.embed(vec![t.clone()], EmbedOptions::default(), CancellationToken::new()).await.unwrap().remove(0));
     }
     let mut handles = Vec::new();
     for chunk in all.chunks(3) {
         let e = e.clone();
         let chunk = chunk.to_vec();
-        handles.push(tokio::spawn(async move { e.embed(chunk, EmbedOptions::default(), CancellationToken::new()).await }));
+        handles
+            .push(tokio::spawn(async move { e.embed(chunk, EmbedOptions::default(), CancellationToken::new()).await }));
     }
     let mut got = Vec::new();
     for h in handles {
@@ -140,7 +150,8 @@ async fn backend_panic_becomes_internal_error() {
     let config = ModelConfig::load(&dir).unwrap();
     let tok = TextTokenizer::load(&dir.join("tokenizer.json"), config.max_seq_length).unwrap();
     let w = BertWeights::load(&dir.join("model.safetensors"), &config.bert).unwrap();
-    let backend = Arc::new(PanicOnce { inner: CpuBackend::new(&w, &config, None).unwrap(), armed: AtomicBool::new(true) });
+    let backend =
+        Arc::new(PanicOnce { inner: CpuBackend::new(&w, &config, None).unwrap(), armed: AtomicBool::new(true) });
     let e = Embedder::with_backend(dir, config, tok, backend, &EmbedderOptions::default()).unwrap();
     let err = e.embed(texts(2), EmbedOptions::default(), CancellationToken::new()).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Internal);
@@ -148,5 +159,8 @@ async fn backend_panic_becomes_internal_error() {
     assert_eq!(e.queue_stats(), Default::default());
     assert_eq!(e.embed(texts(2), EmbedOptions::default(), CancellationToken::new()).await.unwrap().len(), 2);
     let info = e.info();
-    assert_eq!((info.name.as_str(), info.dims, info.max_tokens, info.pooling.as_str(), info.normalize), ("all-MiniLM-L6-v2", 384, 256, "mean", true));
+    assert_eq!(
+        (info.name.as_str(), info.dims, info.max_tokens, info.pooling.as_str(), info.normalize),
+        ("all-MiniLM-L6-v2", 384, 256, "mean", true)
+    );
 }

@@ -34,7 +34,8 @@ struct Record {
 
 fn fixtures() -> Vec<Record> {
     let p = repo_root().join("tests/fixtures/token_embeddings.json");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap();
     let f32s = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect::<Vec<f32>>();
     v["records"]
         .as_array()
@@ -73,7 +74,10 @@ fn text_request(texts: &[&str]) -> InferRequest {
 }
 
 fn output<'a>(r: &'a InferResponse, name: &str) -> &'a InferTensor {
-    r.outputs.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no output {name} in {:?}", r.outputs.iter().map(|t| &t.name).collect::<Vec<_>>()))
+    r.outputs
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no output {name} in {:?}", r.outputs.iter().map(|t| &t.name).collect::<Vec<_>>()))
 }
 
 fn fp32(t: &InferTensor) -> &[f32] {
@@ -114,7 +118,8 @@ fn check_hidden(t: &InferTensor, recs: &[Record], tol: f32) -> f32 {
 fn text_sentence_embedding_equals_embed() {
     let engine = open(json!({}));
     let rt = rt();
-    let (a, b) = ("The quick brown fox jumps over the lazy dog.", "GPU workers replace the old cuda-worker.exe per job.");
+    let (a, b) =
+        ("The quick brown fox jumps over the lazy dog.", "GPU workers replace the old cuda-worker.exe per job.");
     let mut req = text_request(&[a, b]);
     req.outputs = Some(vec![RequestedOutput { name: "sentence_embedding".into(), parameters: None }]);
     let r = rt.block_on(engine.infer(req, CallOptions::default())).unwrap();
@@ -122,7 +127,8 @@ fn text_sentence_embedding_equals_embed() {
     assert_eq!(r.outputs.len(), 1, "only the requested output comes back");
     let se = output(&r, "sentence_embedding");
     assert_eq!(se.shape, vec![2, 384]);
-    let want = rt.block_on(engine.embed(vec![a.into(), b.into()], EmbedOptions::default(), CallOptions::default())).unwrap();
+    let want =
+        rt.block_on(engine.embed(vec![a.into(), b.into()], EmbedOptions::default(), CallOptions::default())).unwrap();
     let got = fp32(se);
     // Same sequences, same packed batch, same backend: the same numbers.
     assert_eq!(&got[..384], &want[0][..]);
@@ -143,7 +149,9 @@ fn text_last_hidden_state_matches_sentence_transformers() {
     let ids = output(&r, "input_ids");
     let mask = output(&r, "attention_mask");
     assert_eq!(ids.shape, vec![recs.len(), seq]);
-    let (TensorData::Int64(ids), TensorData::Int64(mask)) = (&ids.data, &mask.data) else { panic!("ids/mask not INT64") };
+    let (TensorData::Int64(ids), TensorData::Int64(mask)) = (&ids.data, &mask.data) else {
+        panic!("ids/mask not INT64")
+    };
     for (b, rec) in recs.iter().enumerate() {
         assert_eq!(&ids[b * seq..b * seq + rec.ids.len()], &rec.ids[..], "input_ids of text {b}");
         assert!(ids[b * seq + rec.ids.len()..(b + 1) * seq].iter().all(|&x| x == 0));
@@ -167,10 +175,19 @@ fn padded_ids(recs: &[Record], extra_pad: usize, int32: bool) -> InferRequest {
         ids[b * seq..][..r.ids.len()].copy_from_slice(&r.ids);
         mask[b * seq..][..r.ids.len()].fill(1);
     }
-    let data = |v: Vec<i64>| if int32 { TensorData::Int32(v.iter().map(|&x| x as i32).collect()) } else { TensorData::Int64(v) };
+    let data = |v: Vec<i64>| {
+        if int32 {
+            TensorData::Int32(v.iter().map(|&x| x as i32).collect())
+        } else {
+            TensorData::Int64(v)
+        }
+    };
     let shape = vec![recs.len(), seq];
     InferRequest {
-        inputs: vec![InferTensor::new("input_ids", shape.clone(), data(ids)), InferTensor::new("attention_mask", shape, data(mask))],
+        inputs: vec![
+            InferTensor::new("input_ids", shape.clone(), data(ids)),
+            InferTensor::new("attention_mask", shape, data(mask)),
+        ],
         ..Default::default()
     }
 }
@@ -185,7 +202,11 @@ fn padded_ids_give_the_same_numbers_as_text() {
         let names: Vec<&str> = r.outputs.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["last_hidden_state", "sentence_embedding"], "no id outputs for id inputs");
         let lh = output(&r, "last_hidden_state");
-        assert_eq!(lh.shape[1], recs.iter().map(|r| r.ids.len()).max().unwrap() + 5, "seq dim is the input's padded length");
+        assert_eq!(
+            lh.shape[1],
+            recs.iter().map(|r| r.ids.len()).max().unwrap() + 5,
+            "seq dim is the input's padded length"
+        );
         check_hidden(lh, &recs, 1e-4);
     }
     // No attention_mask: every position is a token (one unpadded sequence).
@@ -211,7 +232,8 @@ fn submit_inference_gives_the_same_answer_as_json() {
     let env = json!({ "id": "env-1", "type": "inference", "payload": {
         "inputs": [{ "name": "text", "shape": [texts.len()], "datatype": "BYTES", "data": texts }]
     }});
-    let res = rt.block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default())).unwrap();
+    let res =
+        rt.block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default())).unwrap();
     assert_eq!(res.job_type, "inference");
     let JobOutput::Json(v) = res.output else { panic!("bytes result") };
     assert_eq!(v["id"], "env-1", "the envelope id stands in for a missing request id");
@@ -229,7 +251,8 @@ fn submit_inference_gives_the_same_answer_as_json() {
         "inputs": [{ "name": "input_ids", "shape": [1, r.ids.len()], "datatype": "INT32", "data": [r.ids] }],
         "outputs": [{ "name": "last_hidden_state" }]
     }});
-    let res = rt.block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default())).unwrap();
+    let res =
+        rt.block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default())).unwrap();
     let JobOutput::Json(v) = res.output else { panic!() };
     check_hidden(output(&InferResponse::from_json(&v).unwrap(), "last_hidden_state"), std::slice::from_ref(r), 1e-4);
 }
@@ -250,7 +273,11 @@ fn metadata_locally_and_through_submit() {
     assert_eq!(m["parameters"]["max_sequence_length"], 256);
     let sub = |payload: Value| {
         let env = json!({ "type": "inference", "payload": payload });
-        match rt.block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default())).unwrap().output {
+        match rt
+            .block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default()))
+            .unwrap()
+            .output
+        {
             JobOutput::Json(v) => v,
             JobOutput::Bytes(_) => panic!(),
         }
@@ -299,25 +326,40 @@ fn malformed_requests_are_rejected_before_compute_and_the_engine_stays_usable() 
     // Output names and parameters.
     let mut r = req(vec![ids(vec![1, 2], vec![101, 102])]);
     r.outputs = Some(vec![RequestedOutput { name: "logits".into(), parameters: None }]);
-    assert_invalid(rt.block_on(engine.infer(r.clone(), CallOptions::default())).unwrap_err(), "output `logits` is not an output");
+    assert_invalid(
+        rt.block_on(engine.infer(r.clone(), CallOptions::default())).unwrap_err(),
+        "output `logits` is not an output",
+    );
     r.outputs = Some(vec![RequestedOutput { name: "input_ids".into(), parameters: None }]);
-    assert_invalid(rt.block_on(engine.infer(r.clone(), CallOptions::default())).unwrap_err(), "output `input_ids` is only produced for `text` inputs");
+    assert_invalid(
+        rt.block_on(engine.infer(r.clone(), CallOptions::default())).unwrap_err(),
+        "output `input_ids` is only produced for `text` inputs",
+    );
     r.outputs = None;
     r.parameters.insert("normalize".into(), json!("yes"));
-    assert_invalid(rt.block_on(engine.infer(r, CallOptions::default())).unwrap_err(), "`parameters.normalize` must be a boolean");
+    assert_invalid(
+        rt.block_on(engine.infer(r, CallOptions::default())).unwrap_err(),
+        "`parameters.normalize` must be a boolean",
+    );
     // Over-long text with truncation off.
     let mut r = text_request(&[&"word ".repeat(400)]);
     r.parameters.insert("truncate".into(), json!(false));
     assert_invalid(rt.block_on(engine.infer(r, CallOptions::default())).unwrap_err(), "input `text`: element 0");
     // Malformed JSON through submit (datatype, FP16 byte length n/a in JSON).
     let bad = json!({ "type": "inference", "payload": { "inputs": [{ "name": "input_ids", "shape": [1, 2], "datatype": "INT64", "data": [101, 1.5] }] } });
-    let e = rt.block_on(engine.submit(EnvelopeInput::Bytes(bad.to_string().into_bytes()), CallOptions::default())).unwrap_err();
+    let e = rt
+        .block_on(engine.submit(EnvelopeInput::Bytes(bad.to_string().into_bytes()), CallOptions::default()))
+        .unwrap_err();
     assert_invalid(e, "input `input_ids`: data[1] is a number, not a INT64 element");
     let bad = json!({ "type": "inference", "payload": { "inputs": [{ "name": "input_ids", "shape": [1, -1], "datatype": "INT64", "data": [101] }] } });
-    let e = rt.block_on(engine.submit(EnvelopeInput::Bytes(bad.to_string().into_bytes()), CallOptions::default())).unwrap_err();
+    let e = rt
+        .block_on(engine.submit(EnvelopeInput::Bytes(bad.to_string().into_bytes()), CallOptions::default()))
+        .unwrap_err();
     assert_invalid(e, "input `input_ids`: `shape` must be an array of non-negative integers");
     let bad = json!({ "type": "inference", "payload": { "inputs": [{ "name": "x", "shape": [1], "datatype": "FP8", "data": [1] }] } });
-    let e = rt.block_on(engine.submit(EnvelopeInput::Bytes(bad.to_string().into_bytes()), CallOptions::default())).unwrap_err();
+    let e = rt
+        .block_on(engine.submit(EnvelopeInput::Bytes(bad.to_string().into_bytes()), CallOptions::default()))
+        .unwrap_err();
     assert_invalid(e, "input `x`: datatype `FP8` is not one of");
     // Nothing was queued by any of the above, and the engine still answers.
     assert_eq!(engine.health().queue.depth, 0);
@@ -335,7 +377,9 @@ fn unknown_model_without_a_worker() {
     assert_eq!(e.code, ErrorCode::UnknownModel, "{e}");
     assert!(e.message.contains("`resnet50`") && e.message.contains("all-MiniLM-L6-v2"), "{e}");
     let env = json!({ "type": "inference", "payload": r.to_json() });
-    let e = rt.block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default())).unwrap_err();
+    let e = rt
+        .block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default()))
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::UnknownModel, "{e}");
     let local = CallOptions { target: Target::Local, ..Default::default() };
     assert_eq!(rt.block_on(engine.infer(r, local)).unwrap_err().code, ErrorCode::UnknownModel);
@@ -378,7 +422,8 @@ fn other_models_go_to_the_worker() {
     check_hidden(output(&r, "last_hidden_state"), &recs, 1e-4);
     // The same through submit; and target 'local' refuses.
     let env = json!({ "type": "inference", "payload": req.to_json() });
-    let res = rt.block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default())).unwrap();
+    let res =
+        rt.block_on(engine.submit(EnvelopeInput::Bytes(env.to_string().into_bytes()), CallOptions::default())).unwrap();
     assert_eq!(res.backend.as_str(), "worker");
     let JobOutput::Json(v) = res.output else { panic!() };
     assert_eq!(InferResponse::from_json(&v).unwrap().outputs, r.outputs);

@@ -5,9 +5,7 @@
 
 use std::path::Path;
 
-use cuda_engine_core::model::{
-    BertWeights, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, Pooling,
-};
+use cuda_engine_core::model::{BertWeights, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, Pooling};
 use cuda_engine_core::{CoreError, ErrorCode};
 use tokio_util::sync::CancellationToken;
 
@@ -24,13 +22,17 @@ fn copy_model() -> tempfile::TempDir {
     }
     std::fs::create_dir(tmp.path().join("1_Pooling")).unwrap();
     std::fs::copy(src.join("1_Pooling/config.json"), tmp.path().join("1_Pooling/config.json")).unwrap();
-    std::os::unix::fs::symlink(src.join("model.safetensors").canonicalize().unwrap(), tmp.path().join("model.safetensors"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        src.join("model.safetensors").canonicalize().unwrap(),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
     tmp
 }
 
 fn open_err(dir: &Path) -> CoreError {
-    match Embedder::open(EmbedderOptions { model_dir: Some(dir.to_path_buf()), threads: Some(1), ..Default::default() }) {
+    match Embedder::open(EmbedderOptions { model_dir: Some(dir.to_path_buf()), threads: Some(1), ..Default::default() })
+    {
         Ok(_) => panic!("open({}) should fail", dir.display()),
         Err(e) => e,
     }
@@ -71,7 +73,14 @@ fn corrupt_safetensors() {
 
 #[test]
 fn missing_files_are_named() {
-    for f in ["config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json", "1_Pooling/config.json", "model.safetensors"] {
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+        "model.safetensors",
+    ] {
         let d = copy_model();
         std::fs::remove_file(d.path().join(f)).unwrap();
         assert_model_err(&open_err(d.path()), &[f]);

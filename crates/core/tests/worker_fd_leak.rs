@@ -33,12 +33,43 @@ async fn a_thousand_runs_leak_no_fds_and_no_processes() {
     let dir = tempfile::tempdir().unwrap();
     let t = Duration::from_millis(150);
     let workers: Vec<(Worker, Option<ErrorCode>)> = vec![
-        (Worker::new(config(&script(dir.path(), "ok.sh", "cat >/dev/null\necho '{\"ok\":true,\"result\":1}'"), WorkerMode::Oneshot, t)).unwrap(), None),
-        (Worker::new(config(&script(dir.path(), "exit3.sh", "echo oops >&2\nexit 3"), WorkerMode::Oneshot, t)).unwrap(), Some(ErrorCode::WorkerExit)),
-        (Worker::new(config(&script(dir.path(), "junk.sh", "echo junk"), WorkerMode::Oneshot, t)).unwrap(), Some(ErrorCode::WorkerProtocol)),
-        (Worker::new(config(&script(dir.path(), "big.sh", "head -c 300000 /dev/zero"), WorkerMode::Oneshot, t)).unwrap(), Some(ErrorCode::OutputLimit)),
-        (Worker::new(config(&script(dir.path(), "fork.sh", "(sleep 100) &\nexit 0"), WorkerMode::Oneshot, t)).unwrap(), Some(ErrorCode::WorkerProtocol)),
-        (Worker::new(config(&script(dir.path(), "hang.sh", "sleep 100"), WorkerMode::Oneshot, Duration::from_millis(20))).unwrap(), Some(ErrorCode::WorkerTimeout)),
+        (
+            Worker::new(config(
+                &script(dir.path(), "ok.sh", "cat >/dev/null\necho '{\"ok\":true,\"result\":1}'"),
+                WorkerMode::Oneshot,
+                t,
+            ))
+            .unwrap(),
+            None,
+        ),
+        (
+            Worker::new(config(&script(dir.path(), "exit3.sh", "echo oops >&2\nexit 3"), WorkerMode::Oneshot, t))
+                .unwrap(),
+            Some(ErrorCode::WorkerExit),
+        ),
+        (
+            Worker::new(config(&script(dir.path(), "junk.sh", "echo junk"), WorkerMode::Oneshot, t)).unwrap(),
+            Some(ErrorCode::WorkerProtocol),
+        ),
+        (
+            Worker::new(config(&script(dir.path(), "big.sh", "head -c 300000 /dev/zero"), WorkerMode::Oneshot, t))
+                .unwrap(),
+            Some(ErrorCode::OutputLimit),
+        ),
+        (
+            Worker::new(config(&script(dir.path(), "fork.sh", "(sleep 100) &\nexit 0"), WorkerMode::Oneshot, t))
+                .unwrap(),
+            Some(ErrorCode::WorkerProtocol),
+        ),
+        (
+            Worker::new(config(
+                &script(dir.path(), "hang.sh", "sleep 100"),
+                WorkerMode::Oneshot,
+                Duration::from_millis(20),
+            ))
+            .unwrap(),
+            Some(ErrorCode::WorkerTimeout),
+        ),
     ];
     let mut limited = Vec::new();
     for (w, code) in workers {

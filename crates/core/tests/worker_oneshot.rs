@@ -52,7 +52,10 @@ async fn echo_json_and_bytes_through_cuda_worker() {
         let mut cfg = config(&bin, WorkerMode::Oneshot, Duration::from_secs(20));
         cfg.binary_format = fmt;
         let w = Worker::new(cfg).unwrap();
-        let r = w.run(&json_env("echo", json!({"text": "héllo", "n": [1, 2.5]})), None, CancellationToken::new()).await.unwrap();
+        let r = w
+            .run(&json_env("echo", json!({"text": "héllo", "n": [1, 2.5]})), None, CancellationToken::new())
+            .await
+            .unwrap();
         assert_eq!(r.output, JobOutput::Json(json!({"text": "héllo", "n": [1, 2.5]})));
         assert_eq!((r.backend, r.id.as_deref(), r.job_type.as_str()), (BackendKind::Worker, Some("t1"), "echo"));
         // 3 MiB of every byte value: bigger than a pipe buffer, not UTF-8.

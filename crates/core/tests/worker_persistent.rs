@@ -154,7 +154,7 @@ async fn sigkill_mid_job_fails_in_flight_jobs_fast_and_restarts() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await; // let the requests reach the worker
-    // SAFETY: signals a process this test started (its pid from health()).
+                                                         // SAFETY: signals a process this test started (its pid from health()).
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let killed_at = Instant::now();
     while let Some(r) = set.join_next().await {

@@ -208,7 +208,10 @@ async fn read_msg<R: tokio::io::AsyncRead + Unpin>(r: &mut BufReader<R>, max: us
             r.read_exact(&mut h).await?;
             let (fmt, len) = protocol::parse_frame_header(&h).map_err(|e| Error::new(ErrorKind::InvalidData, e))?;
             if len > max {
-                return Err(Error::new(ErrorKind::InvalidData, format!("a {len}-byte frame is over the {max}-byte limit")));
+                return Err(Error::new(
+                    ErrorKind::InvalidData,
+                    format!("a {len}-byte frame is over the {max}-byte limit"),
+                ));
             }
             let mut body = vec![0u8; len];
             r.read_exact(&mut body).await?;

@@ -25,10 +25,10 @@ use rayon::prelude::*;
 
 use super::{Backend, ForwardOutput, TokenBatch};
 
-#[path = "cpu_gemm.rs"]
-mod skinny;
 #[path = "cpu_simd.rs"]
 mod simd;
+#[path = "cpu_gemm.rs"]
+mod skinny;
 use crate::err;
 use crate::error::Result;
 use crate::model::{BertConfig, BertWeights, Linear, ModelConfig, Pooling};
@@ -145,7 +145,10 @@ impl CpuBackend {
             word: weights.word_embeddings.data.clone(),
             pos: weights.position_embeddings.data.clone(),
             typ: weights.token_type_embeddings.data.clone(),
-            emb_ln: (weights.embeddings_layer_norm.weight.data.clone(), weights.embeddings_layer_norm.bias.data.clone()),
+            emb_ln: (
+                weights.embeddings_layer_norm.weight.data.clone(),
+                weights.embeddings_layer_norm.bias.data.clone(),
+            ),
             layers,
         })
     }
@@ -247,7 +250,14 @@ impl CpuBackend {
             // x = LN(x + ctx·Wo + bo)
             linear(&mut tmp, &ctx, &layer.attn_out, m, intra);
             for_rows(par_rows, &mut tmp, h, |r0, chunk| {
-                simd::bias_residual_ln(chunk, &x[r0 * h..][..chunk.len()], &layer.attn_out.bias, &layer.ln1.0, &layer.ln1.1, eps)
+                simd::bias_residual_ln(
+                    chunk,
+                    &x[r0 * h..][..chunk.len()],
+                    &layer.attn_out.bias,
+                    &layer.ln1.0,
+                    &layer.ln1.1,
+                    eps,
+                )
             });
             std::mem::swap(&mut x, &mut tmp);
             // FFN: x = LN(x + act(x·Wi + bi)·Wo + bo)
@@ -257,7 +267,14 @@ impl CpuBackend {
             });
             linear(&mut tmp, &inter, &layer.output, m, intra);
             for_rows(par_rows, &mut tmp, h, |r0, chunk| {
-                simd::bias_residual_ln(chunk, &x[r0 * h..][..chunk.len()], &layer.output.bias, &layer.ln2.0, &layer.ln2.1, eps)
+                simd::bias_residual_ln(
+                    chunk,
+                    &x[r0 * h..][..chunk.len()],
+                    &layer.output.bias,
+                    &layer.ln2.0,
+                    &layer.ln2.1,
+                    eps,
+                )
             });
             std::mem::swap(&mut x, &mut tmp);
         }
@@ -319,7 +336,11 @@ impl Backend for CpuBackend {
 
     fn forward(&self, batch: &TokenBatch, want_last_hidden: bool) -> Result<ForwardOutput> {
         if batch.n_seqs() == 0 {
-            return Ok(ForwardOutput { pooled: Vec::new(), last_hidden: want_last_hidden.then(Vec::new), hidden: self.cfg.hidden_size });
+            return Ok(ForwardOutput {
+                pooled: Vec::new(),
+                last_hidden: want_last_hidden.then(Vec::new),
+                hidden: self.cfg.hidden_size,
+            });
         }
         self.pool.install(|| self.run(batch, want_last_hidden))
     }
@@ -359,7 +380,10 @@ fn linear(dst: &mut [f32], x: &[f32], lin: &CpuLinear, m: usize, intra: bool) {
                 run(0, panels);
             } else {
                 let per = panels.div_ceil(threads);
-                (0..panels.div_ceil(per)).into_par_iter().with_max_len(1).for_each(|i| run(i * per, ((i + 1) * per).min(panels)));
+                (0..panels.div_ceil(per))
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .for_each(|i| run(i * per, ((i + 1) * per).min(panels)));
             }
         }
         Weights::Transposed(w_t) => {
@@ -370,11 +394,25 @@ fn linear(dst: &mut [f32], x: &[f32], lin: &CpuLinear, m: usize, intra: bool) {
             // between blocks.
             let block = |c0: usize, c1: usize| unsafe {
                 gemm::gemm(
-                    m, c1 - c0, k,
-                    dst_ptr.get().add(c0), 1, n as isize, false,
-                    x.as_ptr(), 1, k as isize,
-                    w_t.as_ptr().add(c0), 1, n as isize,
-                    0.0, 1.0, false, false, false, Parallelism::None,
+                    m,
+                    c1 - c0,
+                    k,
+                    dst_ptr.get().add(c0),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w_t.as_ptr().add(c0),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             };
             if !split {
@@ -382,7 +420,10 @@ fn linear(dst: &mut [f32], x: &[f32], lin: &CpuLinear, m: usize, intra: bool) {
             } else {
                 // Blocks of a multiple of 16 columns (the microkernel's width).
                 let per = n.div_ceil(threads).div_ceil(16) * 16;
-                (0..n.div_ceil(per)).into_par_iter().with_max_len(1).for_each(|i| block(i * per, ((i + 1) * per).min(n)));
+                (0..n.div_ceil(per))
+                    .into_par_iter()
+                    .with_max_len(1)
+                    .for_each(|i| block(i * per, ((i + 1) * per).min(n)));
             }
         }
     }
@@ -439,7 +480,13 @@ mod tests {
             assert!(((e - r) / r).abs() < 3e-7, "exp({x}) = {e} vs {r}");
             x += 0.0137;
         }
-        for (x, want) in [(0.0f32, 0.0f64), (0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9), (-1.5, -0.966_105_146_475_310_7), (3.0, 0.999_977_909_503_001_4)] {
+        for (x, want) in [
+            (0.0f32, 0.0f64),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (-1.5, -0.966_105_146_475_310_7),
+            (3.0, 0.999_977_909_503_001_4),
+        ] {
             let got = erf_f32(x) as f64;
             assert!((got - want).abs() < 2e-7, "erf({x}) = {got} vs {want}");
         }

@@ -107,7 +107,11 @@ impl TokenBatch {
             max_len = max_len.max((w[1] - w[0]) as usize);
         }
         if max_len != self.max_seq_len {
-            return Err(err!(Internal, "token batch: max_seq_len {} but longest sequence is {max_len}", self.max_seq_len));
+            return Err(err!(
+                Internal,
+                "token batch: max_seq_len {} but longest sequence is {max_len}",
+                self.max_seq_len
+            ));
         }
         if let Some(&bad) = self.input_ids.iter().find(|&&id| id as usize >= vocab_size) {
             return Err(err!(Internal, "token batch: token id {bad} outside the vocabulary ({vocab_size})"));

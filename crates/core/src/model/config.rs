@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::error::Result;
 use crate::err;
+use crate::error::Result;
 
 /// The feed-forward activation of the encoder (`hidden_act` in `config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -85,10 +85,8 @@ pub struct ModelConfig {
 
 pub(crate) fn read_json(dir: &Path, rel: &str) -> Result<Value> {
     let path: PathBuf = dir.join(rel);
-    let bytes = std::fs::read(&path)
-        .map_err(|e| err!(Model, "cannot read {}: {e}", path.display()).with_cause(e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| err!(Model, "{} is not valid JSON: {e}", path.display()))
+    let bytes = std::fs::read(&path).map_err(|e| err!(Model, "cannot read {}: {e}", path.display()).with_cause(e))?;
+    serde_json::from_slice(&bytes).map_err(|e| err!(Model, "{} is not valid JSON: {e}", path.display()))
 }
 
 fn field<'a>(v: &'a Value, file: &str, key: &str) -> Result<&'a Value> {
@@ -144,7 +142,10 @@ impl BertConfig {
             Some("gelu_new") | Some("gelu_pytorch_tanh") | Some("gelu_fast") => Activation::GeluTanh,
             Some("relu") => Activation::Relu,
             other => {
-                return Err(err!(Model, "{F}: unsupported `hidden_act` {other:?} (gelu, gelu_new, gelu_pytorch_tanh, relu)"))
+                return Err(err!(
+                    Model,
+                    "{F}: unsupported `hidden_act` {other:?} (gelu, gelu_new, gelu_pytorch_tanh, relu)"
+                ))
             }
         };
         let eps = match v.get("layer_norm_eps") {
@@ -190,9 +191,7 @@ impl ModelConfig {
         let bert = BertConfig::from_json(&read_json(dir, "config.json")?)?;
 
         let modules = read_json(dir, "modules.json")?;
-        let list = modules
-            .as_array()
-            .ok_or_else(|| err!(Model, "modules.json: expected a JSON array of modules"))?;
+        let list = modules.as_array().ok_or_else(|| err!(Model, "modules.json: expected a JSON array of modules"))?;
         let mut pooling_path: Option<String> = None;
         let mut normalize = false;
         let mut has_transformer = false;
@@ -213,7 +212,10 @@ impl ModelConfig {
                 }
                 "Normalize" => normalize = true,
                 other => {
-                    return Err(err!(Model, "modules.json: [{i}] unsupported module type `{other}` (Transformer, Pooling, Normalize)"))
+                    return Err(err!(
+                        Model,
+                        "modules.json: [{i}] unsupported module type `{other}` (Transformer, Pooling, Normalize)"
+                    ))
                 }
             }
         }
@@ -245,7 +247,11 @@ impl ModelConfig {
             [] => return Err(err!(Model, "{pool_rel}: no pooling mode is enabled (pooling_mode_mean_tokens, ...)")),
             many => {
                 let keys: Vec<&str> = many.iter().map(|(k, _)| *k).collect();
-                return Err(err!(Model, "{pool_rel}: several pooling modes enabled ({}); only one is supported", keys.join(", ")));
+                return Err(err!(
+                    Model,
+                    "{pool_rel}: several pooling modes enabled ({}); only one is supported",
+                    keys.join(", ")
+                ));
             }
         };
         if let Some(dim) = pool.get("word_embedding_dimension") {

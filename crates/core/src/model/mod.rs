@@ -15,12 +15,12 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::batcher::QueueStats;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, CudaOptions, Dtype};
 use crate::backend::{Backend, BackendStatus};
-pub use crate::engine::DevicePreference;
+pub use crate::batcher::QueueStats;
 use crate::batcher::{Batcher, BatcherLimits};
+pub use crate::engine::DevicePreference;
 use crate::err;
 use crate::error::Result;
 pub use config::{Activation, BertConfig, ModelConfig, Pooling};
@@ -104,7 +104,12 @@ impl EmbedderOptions {
             match v.get(key) {
                 None | Some(Value::Null) => {}
                 Some(Value::String(s)) if !s.is_empty() => o.model_dir = Some(PathBuf::from(s)),
-                Some(x) => return Err(err!(InvalidArg, "options.{key} must be a non-empty string (a model directory), got {x}")),
+                Some(x) => {
+                    return Err(err!(
+                        InvalidArg,
+                        "options.{key} must be a non-empty string (a model directory), got {x}"
+                    ))
+                }
             }
         }
         if let Some(n) = opt_usize(v, "maxBatchTokens")? {
@@ -126,11 +131,21 @@ impl EmbedderOptions {
                 "auto" => DevicePreference::Auto,
                 "cpu" => DevicePreference::Cpu,
                 "cuda" => DevicePreference::Cuda(None),
-                _ => return Err(err!(InvalidArg, "options.device must be 'auto', 'cuda', 'cpu' or a device index, got {s:?}")),
+                _ => {
+                    return Err(err!(
+                        InvalidArg,
+                        "options.device must be 'auto', 'cuda', 'cpu' or a device index, got {s:?}"
+                    ))
+                }
             },
             Some(x) => match x.as_u64() {
                 Some(i) => DevicePreference::Cuda(Some(i as usize)),
-                None => return Err(err!(InvalidArg, "options.device must be 'auto', 'cuda', 'cpu' or a device index, got {x}")),
+                None => {
+                    return Err(err!(
+                        InvalidArg,
+                        "options.device must be 'auto', 'cuda', 'cpu' or a device index, got {x}"
+                    ))
+                }
             },
         };
         match v.get("dtype") {
@@ -194,14 +209,22 @@ pub fn resolve_model_dir(explicit: Option<&Path>) -> Result<PathBuf> {
         if p.is_dir() {
             return Ok(p.to_path_buf());
         }
-        return Err(err!(Model, "model directory {} (option `model`) does not exist or is not a directory", p.display()));
+        return Err(err!(
+            Model,
+            "model directory {} (option `model`) does not exist or is not a directory",
+            p.display()
+        ));
     }
     if let Some(v) = std::env::var_os(MODEL_ENV).filter(|v| !v.is_empty()) {
         let p = PathBuf::from(v);
         if p.is_dir() {
             return Ok(p);
         }
-        return Err(err!(Model, "model directory {} (from {MODEL_ENV}) does not exist or is not a directory", p.display()));
+        return Err(err!(
+            Model,
+            "model directory {} (from {MODEL_ENV}) does not exist or is not a directory",
+            p.display()
+        ));
     }
     let mut tried = Vec::new();
     let local = PathBuf::from(DEFAULT_MODEL_DIR);
@@ -372,7 +395,12 @@ impl Embedder {
     /// (more than `max_texts_per_call`), `E_TOO_LONG` (a text over max
     /// tokens with `truncate: false`, naming its index), `E_OVERLOADED`,
     /// `E_CANCELLED`, backend errors.
-    pub async fn embed(&self, texts: Vec<String>, opts: EmbedOptions, cancel: CancellationToken) -> Result<Vec<Vec<f32>>> {
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+        opts: EmbedOptions,
+        cancel: CancellationToken,
+    ) -> Result<Vec<Vec<f32>>> {
         if texts.len() > self.max_texts_per_call {
             return Err(err!(
                 TooLarge,

@@ -31,12 +31,10 @@ impl TextTokenizer {
     /// Load `path` (a `tokenizer.json`) for sequences of at most `max_len`
     /// tokens, special tokens included.
     pub fn load(path: &Path, max_len: usize) -> Result<TextTokenizer> {
-        let mut plain = Tokenizer::from_file(path)
-            .map_err(|e| err!(Model, "{}: cannot load tokenizer: {e}", path.display()))?;
+        let mut plain =
+            Tokenizer::from_file(path).map_err(|e| err!(Model, "{}: cannot load tokenizer: {e}", path.display()))?;
         plain.with_padding(None);
-        plain
-            .with_truncation(None)
-            .map_err(|e| err!(Model, "{}: cannot disable truncation: {e}", path.display()))?;
+        plain.with_truncation(None).map_err(|e| err!(Model, "{}: cannot disable truncation: {e}", path.display()))?;
         let mut truncating = plain.clone();
         truncating
             .with_truncation(Some(TruncationParams {

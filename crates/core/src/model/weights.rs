@@ -102,9 +102,10 @@ impl Reader<'_> {
         let prefixed = format!("bert.{name}");
         let view = match self.st.tensor(name) {
             Ok(v) => v,
-            Err(_) => self.st.tensor(&prefixed).map_err(|_| {
-                err!(Model, "{}: missing tensor `{name}` (also tried `{prefixed}`)", self.file)
-            })?,
+            Err(_) => self
+                .st
+                .tensor(&prefixed)
+                .map_err(|_| err!(Model, "{}: missing tensor `{name}` (also tried `{prefixed}`)", self.file))?,
         };
         if view.shape() != shape {
             return Err(err!(
@@ -119,16 +120,14 @@ impl Reader<'_> {
         let n: usize = shape.iter().product();
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             other => {
-                return Err(err!(Model, "{}: tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 are supported", self.file))
+                return Err(err!(
+                    Model,
+                    "{}: tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 are supported",
+                    self.file
+                ))
             }
         };
         if data.len() != n {
@@ -161,8 +160,8 @@ impl BertWeights {
     /// against `config`. Errors are `E_MODEL` naming the file and tensor.
     pub fn load(path: &Path, config: &BertConfig) -> Result<BertWeights> {
         let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let file = std::fs::File::open(path)
-            .map_err(|e| err!(Model, "cannot open {}: {e}", path.display()).with_cause(e))?;
+        let file =
+            std::fs::File::open(path).map_err(|e| err!(Model, "cannot open {}: {e}", path.display()).with_cause(e))?;
         // SAFETY: the file is opened read-only and only read while `mmap`
         // lives (inside this function); a concurrent truncation of the model
         // file by another process would be a SIGBUS, the accepted risk of

@@ -150,7 +150,9 @@ impl WorkerConfig {
             None => WorkerMode::Oneshot,
             Some(Value::String(s)) if s == "oneshot" => WorkerMode::Oneshot,
             Some(Value::String(s)) if s == "persistent" => WorkerMode::Persistent,
-            Some(other) => return Err(err!(InvalidArg, "`worker.mode` must be 'oneshot' or 'persistent', got {other}")),
+            Some(other) => {
+                return Err(err!(InvalidArg, "`worker.mode` must be 'oneshot' or 'persistent', got {other}"))
+            }
         };
         let mut c = WorkerConfig::new(base_dir, mode);
         let path = match present("path") {
@@ -172,22 +174,28 @@ impl WorkerConfig {
         }
         c.path = path;
         if let Some(a) = present("args") {
-            let arr = a.as_array().ok_or_else(|| err!(InvalidArg, "`worker.args` must be an array of strings, got {a}"))?;
+            let arr =
+                a.as_array().ok_or_else(|| err!(InvalidArg, "`worker.args` must be an array of strings, got {a}"))?;
             c.args = arr
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    s.as_str().map(str::to_string).ok_or_else(|| err!(InvalidArg, "`worker.args[{i}]` must be a string, got {s}"))
+                    s.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| err!(InvalidArg, "`worker.args[{i}]` must be a string, got {s}"))
                 })
                 .collect::<Result<_>>()?;
         }
         let int = |k: &str, min: u64, max: u64| -> Result<Option<u64>> {
             match present(k) {
                 None => Ok(None),
-                Some(v) => match v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)) {
-                    Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                    _ => Err(err!(InvalidArg, "`worker.{k}` must be an integer in {min}..={max}, got {v}")),
-                },
+                Some(v) => {
+                    match v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+                    {
+                        Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                        _ => Err(err!(InvalidArg, "`worker.{k}` must be an integer in {min}..={max}, got {v}")),
+                    }
+                }
             }
         };
         if let Some(ms) = int("timeoutMs", 1, 86_400_000)? {
@@ -207,7 +215,9 @@ impl WorkerConfig {
             Some(Value::String(s)) if BinaryFormat::parse(s).is_some() => {
                 c.binary_format = BinaryFormat::parse(s).expect("checked")
             }
-            Some(other) => return Err(err!(InvalidArg, "`worker.binaryFormat` must be 'cbor' or 'msgpack', got {other}")),
+            Some(other) => {
+                return Err(err!(InvalidArg, "`worker.binaryFormat` must be 'cbor' or 'msgpack', got {other}"))
+            }
         }
         match present("reapOrphans") {
             None => {}
@@ -308,12 +318,7 @@ impl Worker {
     /// Run one job. `timeout` overrides the configured one. Dropping the
     /// returned future cleans up like a cancellation (one-shot: the process
     /// group is killed and reaped; persistent: the job is withdrawn).
-    pub async fn run(
-        &self,
-        env: &Envelope,
-        timeout: Option<Duration>,
-        cancel: CancellationToken,
-    ) -> Result<JobResult> {
+    pub async fn run(&self, env: &Envelope, timeout: Option<Duration>, cancel: CancellationToken) -> Result<JobResult> {
         let started = Instant::now();
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(err!(WorkerExit, "the worker {} is shut down", self.shared.path.display()));

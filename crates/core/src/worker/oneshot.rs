@@ -223,7 +223,8 @@ fn parse_output(out: &[u8]) -> std::result::Result<Result<(JobOutput, &'static s
         protocol::parse_frame_response(fmt, rest)?
     } else {
         let end = data.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
-        protocol::parse_json_response(&data[..end]).map_err(|why| format!("wrote an invalid response: {why}: {}", snippet(data)))?
+        protocol::parse_json_response(&data[..end])
+            .map_err(|why| format!("wrote an invalid response: {why}: {}", snippet(data)))?
     };
     Ok(resp.outcome)
 }

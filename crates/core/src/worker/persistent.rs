@@ -482,12 +482,8 @@ impl Pool {
     ) -> Result<(JobOutput, &'static str)> {
         // Least-loaded slot; ties go to the lowest index, so a pool keeps
         // one worker warm under light load.
-        let slot = self
-            .slots
-            .iter()
-            .min_by_key(|s| s.in_flight.load(Ordering::Acquire))
-            .expect("pool has slots")
-            .clone();
+        let slot =
+            self.slots.iter().min_by_key(|s| s.in_flight.load(Ordering::Acquire)).expect("pool has slots").clone();
         slot.in_flight.fetch_add(1, Ordering::AcqRel);
         let _in = InFlight(&slot.in_flight);
 

@@ -84,10 +84,9 @@ pub enum WireValue {
 impl WireValue {
     pub fn get(&self, key: &str) -> Option<&WireValue> {
         match self {
-            WireValue::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| matches!(k, WireValue::Str(s) if s == key))
-                .map(|(_, v)| v),
+            WireValue::Map(entries) => {
+                entries.iter().find(|(k, _)| matches!(k, WireValue::Str(s) if s == key)).map(|(_, v)| v)
+            }
             _ => None,
         }
     }
@@ -512,7 +511,10 @@ pub fn parse_json_response(text: &[u8]) -> std::result::Result<Response, String>
     if let Some(b64) = obj.get("result_b64") {
         let b64 = b64.as_str().ok_or("`result_b64` is not a string")?;
         let bytes = crate::envelope::decode_base64(b64, "result_b64").map_err(|e| e.message)?;
-        return Ok(Response { id, outcome: Ok((JobOutput::Bytes(bytes), static_encoding(encoding.as_deref(), "raw"))) });
+        return Ok(Response {
+            id,
+            outcome: Ok((JobOutput::Bytes(bytes), static_encoding(encoding.as_deref(), "raw"))),
+        });
     }
     let result = obj.remove("result").ok_or("`ok: true` without `result` or `result_b64`")?;
     Ok(Response { id, outcome: Ok((JobOutput::Json(result), static_encoding(encoding.as_deref(), "json"))) })
@@ -687,7 +689,12 @@ mod tests {
     use super::*;
 
     fn env_bytes(bytes: Vec<u8>) -> Envelope {
-        Envelope { id: Some("j1".into()), job_type: "echo".into(), payload: Payload::Bytes(bytes), encoding: Encoding::Raw }
+        Envelope {
+            id: Some("j1".into()),
+            job_type: "echo".into(),
+            payload: Payload::Bytes(bytes),
+            encoding: Encoding::Raw,
+        }
     }
 
     #[test]
@@ -718,7 +725,9 @@ mod tests {
     #[test]
     fn responses_round_trip_in_every_form() {
         for fmt in [None, Some(BinaryFormat::Cbor), Some(BinaryFormat::MsgPack)] {
-            for out in [JobOutput::Json(serde_json::json!({"a": [1, -2, 3.5, "x", null]})), JobOutput::Bytes(vec![0, 1, 255])] {
+            for out in
+                [JobOutput::Json(serde_json::json!({"a": [1, -2, 3.5, "x", null]})), JobOutput::Bytes(vec![0, 1, 255])]
+            {
                 let wire = encode_response(Some(9), &Ok((out.clone(), "raw")), fmt);
                 let resp = if wire[0] == FRAME_TAG {
                     let (f, n) = parse_frame_header(wire[..6].try_into().unwrap()).unwrap();

@@ -59,7 +59,12 @@ pub fn config(path: &Path, mode: WorkerMode, timeout: Duration) -> WorkerConfig 
 }
 
 pub fn json_env(job_type: &str, payload: serde_json::Value) -> Envelope {
-    Envelope { id: Some("t1".into()), job_type: job_type.into(), payload: Payload::Json(payload), encoding: Encoding::Json }
+    Envelope {
+        id: Some("t1".into()),
+        job_type: job_type.into(),
+        payload: Payload::Json(payload),
+        encoding: Encoding::Json,
+    }
 }
 
 pub fn bytes_env(bytes: Vec<u8>) -> Envelope {

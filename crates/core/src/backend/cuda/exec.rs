@@ -75,14 +75,28 @@ impl Dims {
     pub(crate) fn new(cfg: &ModelConfig) -> Result<Dims> {
         let b = &cfg.bert;
         let head_dim = b.head_dim();
-        if !b.hidden_size.is_multiple_of(64) || b.hidden_size > 4096 || b.hidden_size != head_dim * b.num_attention_heads {
-            return Err(err!(CudaUnavailable, "the CUDA kernels need hidden_size a multiple of 64 (at most 4096), got {}", b.hidden_size));
+        if !b.hidden_size.is_multiple_of(64)
+            || b.hidden_size > 4096
+            || b.hidden_size != head_dim * b.num_attention_heads
+        {
+            return Err(err!(
+                CudaUnavailable,
+                "the CUDA kernels need hidden_size a multiple of 64 (at most 4096), got {}",
+                b.hidden_size
+            ));
         }
         if !head_dim.is_multiple_of(32) || head_dim > 128 {
-            return Err(err!(CudaUnavailable, "the CUDA attention kernel needs a head size of 32, 64, 96 or 128, got {head_dim}"));
+            return Err(err!(
+                CudaUnavailable,
+                "the CUDA attention kernel needs a head size of 32, 64, 96 or 128, got {head_dim}"
+            ));
         }
         if !b.intermediate_size.is_multiple_of(8) {
-            return Err(err!(CudaUnavailable, "the CUDA kernels need intermediate_size a multiple of 8, got {}", b.intermediate_size));
+            return Err(err!(
+                CudaUnavailable,
+                "the CUDA kernels need intermediate_size a multiple of 8, got {}",
+                b.intermediate_size
+            ));
         }
         Ok(Dims {
             hidden: b.hidden_size,
@@ -185,8 +199,12 @@ impl ImageBuilder {
         for p in parts {
             match self.dt {
                 Dtype::F32 => p.iter().for_each(|v| self.bytes.extend_from_slice(&v.to_le_bytes())),
-                Dtype::F16 => p.iter().for_each(|v| self.bytes.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
-                Dtype::Bf16 => p.iter().for_each(|v| self.bytes.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+                Dtype::F16 => {
+                    p.iter().for_each(|v| self.bytes.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()))
+                }
+                Dtype::Bf16 => {
+                    p.iter().for_each(|v| self.bytes.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes()))
+                }
             }
         }
         off
@@ -321,7 +339,11 @@ impl Drop for Device {
             let total: f64 = p.iter().map(|e| e.1).sum();
             eprintln!("cuda-engine profile ({} ms total, synchronized per op):", total as u64);
             for (name, ms, n) in p.iter() {
-                eprintln!("  {name:>18}: {ms:10.3} ms {:5.1}%  ({n} calls, {:.1} us each)", 100.0 * ms / total.max(1e-9), 1e3 * ms / *n as f64);
+                eprintln!(
+                    "  {name:>18}: {ms:10.3} ms {:5.1}%  ({n} calls, {:.1} us each)",
+                    100.0 * ms / total.max(1e-9),
+                    1e3 * ms / *n as f64
+                );
             }
         }
     }
@@ -343,7 +365,13 @@ struct HostOffsets {
 impl Device {
     /// Bind the context, compile/load kernels, upload weights, allocate the
     /// workspaces and run one warm-up pass. Runs on the executor thread.
-    pub(crate) fn new(ctx: Arc<CudaContext>, host: HostModel, d: Dims, opts: &CudaOptions, shared: Arc<Shared>) -> Result<Device> {
+    pub(crate) fn new(
+        ctx: Arc<CudaContext>,
+        host: HostModel,
+        d: Dims,
+        opts: &CudaOptions,
+        shared: Arc<Shared>,
+    ) -> Result<Device> {
         ctx.bind_to_thread().map_err(|e| driver_err(e, "binding the context"))?;
         let dt = opts.dtype;
         // A pass must hold one whole sequence.
@@ -374,11 +402,20 @@ impl Device {
         // on our stream; `host.image` stays alive (owned here) until the
         // synchronize below.
         unsafe {
-            drv::memcpy_htod_async(weights.ptr(), &host.image, stream.cu_stream()).map_err(|e| driver_err(e, "uploading the weights"))?;
-            drv::memset_d8_async(ws.ptr(), 0, ws.bytes(), stream.cu_stream()).map_err(|e| driver_err(e, "clearing the workspaces"))?;
+            drv::memcpy_htod_async(weights.ptr(), &host.image, stream.cu_stream())
+                .map_err(|e| driver_err(e, "uploading the weights"))?;
+            drv::memset_d8_async(ws.ptr(), 0, ws.bytes(), stream.cu_stream())
+                .map_err(|e| driver_err(e, "clearing the workspaces"))?;
         }
         stream.synchronize().map_err(|e| driver_err(e, "uploading the weights"))?;
-        let model = HostOffsets { word: host.word, pos: host.pos, typ: host.typ, emb_g: host.emb_g, emb_b: host.emb_b, layers: host.layers };
+        let model = HostOffsets {
+            word: host.word,
+            pos: host.pos,
+            typ: host.typ,
+            emb_g: host.emb_g,
+            emb_b: host.emb_b,
+            layers: host.layers,
+        };
         drop(host.image);
 
         let handle = blas::create_handle().map_err(|e| cublas_err(e, "creating the cuBLAS handle"))?;
@@ -386,7 +423,8 @@ impl Device {
         // SAFETY: the handle is ours; the stream outlives it (field order);
         // the workspace region lies inside `ws` and is used by nothing else.
         unsafe {
-            blas::set_stream(blas_h.0, stream.cu_stream() as _).map_err(|e| cublas_err(e, "setting the cuBLAS stream"))?;
+            blas::set_stream(blas_h.0, stream.cu_stream() as _)
+                .map_err(|e| cublas_err(e, "setting the cuBLAS stream"))?;
             blas_sys::cublasSetWorkspace_v2(blas_h.0, (ws.ptr() + wso.cublas as u64) as *mut c_void, CUBLAS_WORKSPACE)
                 .result()
                 .map_err(|e| cublas_err(e, "setting the cuBLAS workspace"))?;
@@ -469,7 +507,12 @@ impl Device {
         while s0 < n {
             let t0 = cu[s0] as usize;
             if cu[s0 + 1] as usize - t0 > self.tcap {
-                return Err(err!(Internal, "sequence of {} tokens exceeds the CUDA workspace ({})", cu[s0 + 1] as usize - t0, self.tcap));
+                return Err(err!(
+                    Internal,
+                    "sequence of {} tokens exceeds the CUDA workspace ({})",
+                    cu[s0 + 1] as usize - t0,
+                    self.tcap
+                ));
             }
             let mut s1 = s0 + 1;
             while s1 < n && cu[s1 + 1] as usize - t0 <= self.tcap && s1 + 1 - s0 <= self.ncap {
@@ -497,13 +540,22 @@ impl Device {
         }
     }
 
-    fn run_chunk(&mut self, b: &TokenBatch, s0: usize, s1: usize, pooled: &mut Vec<f32>, last: Option<&mut Vec<f32>>) -> Result<()> {
+    fn run_chunk(
+        &mut self,
+        b: &TokenBatch,
+        s0: usize,
+        s1: usize,
+        pooled: &mut Vec<f32>,
+        last: Option<&mut Vec<f32>>,
+    ) -> Result<()> {
         let h = self.d.hidden;
         let cu = &b.cu_seqlens;
         let (t0, t1) = (cu[s0] as usize, cu[s1] as usize);
         let (t, n) = (t1 - t0, s1 - s0);
         let graph_key = if self.use_graphs && t <= GRAPH_MAX_TOKENS {
-            bucket_tokens(t).map(|tb| (tb, bucket_seqs(n))).filter(|&(tb, nb)| tb <= self.tcap && nb <= self.ncap && nb <= tb)
+            bucket_tokens(t)
+                .map(|tb| (tb, bucket_seqs(n)))
+                .filter(|&(tb, nb)| tb <= self.tcap && nb <= self.ncap && nb <= tb)
         } else {
             None
         };
@@ -561,7 +613,8 @@ impl Device {
             // SAFETY: the device region holds t*h f32 written by the kernel
             // above (same stream); the destination slice is exactly t*h long.
             unsafe {
-                drv::memcpy_dtoh_async(&mut out[at..], dst, self.stream.cu_stream()).map_err(|e| driver_err(e, "copying the last hidden state"))?;
+                drv::memcpy_dtoh_async(&mut out[at..], dst, self.stream.cu_stream())
+                    .map_err(|e| driver_err(e, "copying the last hidden state"))?;
             }
         }
         self.stream.synchronize().map_err(|e| driver_err(e, "the forward pass"))?;
@@ -607,7 +660,14 @@ impl Device {
     /// # Safety
     /// `params` must match the kernel's signature and every pointer in it
     /// must be valid for the accesses the kernel makes with this grid.
-    unsafe fn launch(&self, f: &cudarc::driver::CudaFunction, grid: (u32, u32, u32), block: u32, params: &mut [*mut c_void], what: &str) -> Result<()> {
+    unsafe fn launch(
+        &self,
+        f: &cudarc::driver::CudaFunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        params: &mut [*mut c_void],
+        what: &str,
+    ) -> Result<()> {
         // SAFETY: forwarded from the caller; the stream is ours and alive.
         unsafe { drv::launch_kernel(f.cu_function(), grid, (block, 1, 1), 0, self.stream.cu_stream(), params) }
             .map_err(|e| driver_err(e, &format!("launching {what}")))
@@ -617,7 +677,15 @@ impl Device {
     /// accumulation. In cuBLAS's column-major terms: C(n_out×rows) =
     /// op(A)·B with A = w (k_in×n_out, lda k_in, transposed), B = x
     /// (k_in×rows).
-    fn gemm(&self, rows: usize, n_out: usize, k_in: usize, x: CUdeviceptr, w: CUdeviceptr, y: CUdeviceptr) -> Result<()> {
+    fn gemm(
+        &self,
+        rows: usize,
+        n_out: usize,
+        k_in: usize,
+        x: CUdeviceptr,
+        w: CUdeviceptr,
+        y: CUdeviceptr,
+    ) -> Result<()> {
         let lda = if self.gemm_nn { n_out } else { k_in };
         self.gemm_general(rows, n_out, k_in, x, w, lda, y, n_out, 1, 0, 0)
     }
@@ -665,7 +733,11 @@ impl Device {
         let ty = self.dt.cuda_type();
         // TN: w is [n_out, k_in] row-major = column-major k_in×n_out, used
         // transposed. NN: w stored [k_in, n_out] = column-major n_out×k_in.
-        let op_a = if self.gemm_nn { blas_sys::cublasOperation_t::CUBLAS_OP_N } else { blas_sys::cublasOperation_t::CUBLAS_OP_T };
+        let op_a = if self.gemm_nn {
+            blas_sys::cublasOperation_t::CUBLAS_OP_N
+        } else {
+            blas_sys::cublasOperation_t::CUBLAS_OP_T
+        };
         let op_b = blas_sys::cublasOperation_t::CUBLAS_OP_N;
         let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
         let algo = blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT;
@@ -679,11 +751,52 @@ impl Device {
         // stream.
         unsafe {
             if batch == 1 {
-                blas::gemm_ex(self.blas.0, op_a, op_b, m, n, k, al, pa, ty, lda as i32, pb, ty, k, be, pc, ty, ldc as i32, compute, algo)
+                blas::gemm_ex(
+                    self.blas.0,
+                    op_a,
+                    op_b,
+                    m,
+                    n,
+                    k,
+                    al,
+                    pa,
+                    ty,
+                    lda as i32,
+                    pb,
+                    ty,
+                    k,
+                    be,
+                    pc,
+                    ty,
+                    ldc as i32,
+                    compute,
+                    algo,
+                )
             } else {
                 blas::gemm_strided_batched_ex(
-                    self.blas.0, op_a, op_b, m, n, k, al, pa, ty, lda as i32, sw, pb, ty, k, 0, be, pc, ty, ldc as i32, sy,
-                    batch as i32, compute, algo,
+                    self.blas.0,
+                    op_a,
+                    op_b,
+                    m,
+                    n,
+                    k,
+                    al,
+                    pa,
+                    ty,
+                    lda as i32,
+                    sw,
+                    pb,
+                    ty,
+                    k,
+                    0,
+                    be,
+                    pc,
+                    ty,
+                    ldc as i32,
+                    sy,
+                    batch as i32,
+                    compute,
+                    algo,
                 )
             }
         }
@@ -711,10 +824,12 @@ impl Device {
         // SAFETY: `inputs` holds 3*tcap+ncap+1 u32 >= 3*tb+nb+1 copied here
         // from the pinned buffer of the same size (alive as long as `self`).
         unsafe {
-            drv::memcpy_htod_async(inputs, &self.pin_in.as_slice()[..3 * tb + nb + 1], st).map_err(|e| driver_err(e, "copying the inputs"))?;
+            drv::memcpy_htod_async(inputs, &self.pin_in.as_slice()[..3 * tb + nb + 1], st)
+                .map_err(|e| driver_err(e, "copying the inputs"))?;
         }
         {
-            let (ids, word, pos, typ) = (inputs, self.w(self.model.word), self.w(self.model.pos), self.w(self.model.typ));
+            let (ids, word, pos, typ) =
+                (inputs, self.w(self.model.word), self.w(self.model.pos), self.w(self.model.typ));
             let (g, bb, out) = (self.w(self.model.emb_g), self.w(self.model.emb_b), hidden);
             let mut p = params![ids, word, pos, typ, g, bb, out, rows, e];
             // SAFETY: ids are validated < vocab/types/max_pos (padding is 0);
@@ -734,28 +849,36 @@ impl Device {
                 // SAFETY: grid (nb, heads); each block reads rows
                 // cu[s]..cu[s+1] (<= tb) of qkv [tb, 3H] and writes the same
                 // rows of ctx [tb, H]; cu has nb+1 entries.
-                self.op("attention", || unsafe { self.launch(&self.k.attention, (nb as u32, d.heads as u32, 1), 128, &mut p, "attention") })?;
+                self.op("attention", || unsafe {
+                    self.launch(&self.k.attention, (nb as u32, d.heads as u32, 1), 128, &mut p, "attention")
+                })?;
             }
             self.op("gemm_attn_out", || self.gemm(tb, hsz, hsz, ctxb, self.w(l.o_w), tmp))?;
             {
                 let (bias, g, bb) = (self.w(l.o_b), self.w(l.ln1_g), self.w(l.ln1_b));
                 let mut p = params![tmp, bias, hidden, g, bb, rows, e];
                 // SAFETY: tb rows of tmp and hidden ([tcap, H] each), one warp a row.
-                self.op("bias_residual_ln", || unsafe { self.launch(&self.k.bias_residual_ln, row_grid, 128, &mut p, "bias_residual_ln") })?;
+                self.op("bias_residual_ln", || unsafe {
+                    self.launch(&self.k.bias_residual_ln, row_grid, 128, &mut p, "bias_residual_ln")
+                })?;
             }
             self.op("gemm_ffn_up", || self.gemm(tb, d.inter, hsz, hidden, self.w(l.i_w), inter))?;
             {
                 let bias = self.w(l.i_b);
                 let mut p = params![inter, bias, rows, inter_cols, act];
                 // SAFETY: tb*inter values of `inter` ([tcap, I]), in pairs.
-                self.op("bias_act", || unsafe { self.launch(&self.k.bias_act, act_grid, act_block as u32, &mut p, "bias_act") })?;
+                self.op("bias_act", || unsafe {
+                    self.launch(&self.k.bias_act, act_grid, act_block as u32, &mut p, "bias_act")
+                })?;
             }
             self.op("gemm_ffn_down", || self.gemm(tb, hsz, d.inter, inter, self.w(l.o2_w), tmp))?;
             {
                 let (bias, g, bb) = (self.w(l.o2_b), self.w(l.ln2_g), self.w(l.ln2_b));
                 let mut p = params![tmp, bias, hidden, g, bb, rows, e];
                 // SAFETY: as the first bias_residual_ln.
-                self.op("bias_residual_ln", || unsafe { self.launch(&self.k.bias_residual_ln, row_grid, 128, &mut p, "bias_residual_ln") })?;
+                self.op("bias_residual_ln", || unsafe {
+                    self.launch(&self.k.bias_residual_ln, row_grid, 128, &mut p, "bias_residual_ln")
+                })?;
             }
         }
         {

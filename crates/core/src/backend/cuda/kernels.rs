@@ -78,8 +78,9 @@ fn compile(file: &str, src: &str, key: &Key) -> Result<Ptx> {
         name: Some(file.to_string()),
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(full, opts)
-        .map_err(|e| err!(CudaUnavailable, "NVRTC could not compile kernels/{file} for sm_{}{}: {e:?}", key.cc.0, key.cc.1))
+    cudarc::nvrtc::compile_ptx_with_opts(full, opts).map_err(|e| {
+        err!(CudaUnavailable, "NVRTC could not compile kernels/{file} for sm_{}{}: {e:?}", key.cc.0, key.cc.1)
+    })
 }
 
 /// Compile (first time) and load the kernels for `ctx`'s device and this

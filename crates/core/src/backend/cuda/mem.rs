@@ -36,7 +36,8 @@ impl DevBuf {
         // SAFETY: plain allocation in the context bound to this thread; the
         // memory is uninitialised and only ever used as raw bytes by kernels
         // that the executor launches after writing it.
-        let ptr = unsafe { drv::malloc_sync(bytes) }.map_err(|e| driver_err(e, &format!("allocating {what} ({bytes} bytes)")))?;
+        let ptr = unsafe { drv::malloc_sync(bytes) }
+            .map_err(|e| driver_err(e, &format!("allocating {what} ({bytes} bytes)")))?;
         Ok(DevBuf { ptr, bytes })
     }
 
@@ -75,7 +76,8 @@ impl<T: Copy + Default> Pinned<T> {
         let bytes = len * std::mem::size_of::<T>();
         // SAFETY: allocates page-locked host memory in the bound context;
         // it is zero-filled right below before any read.
-        let raw = unsafe { drv::malloc_host(bytes, 0) }.map_err(|e| driver_err(e, &format!("allocating pinned {what} ({bytes} bytes)")))?;
+        let raw = unsafe { drv::malloc_host(bytes, 0) }
+            .map_err(|e| driver_err(e, &format!("allocating pinned {what} ({bytes} bytes)")))?;
         let ptr = raw as *mut T;
         // SAFETY: `ptr` points to `len` properly aligned (page-aligned) T slots.
         unsafe {

@@ -147,7 +147,13 @@ pub struct CudaOptions {
 
 impl Default for CudaOptions {
     fn default() -> Self {
-        CudaOptions { device: 0, dtype: Dtype::F16, max_batch_tokens: 16_384, max_batch_seqs: 1_024, graphs: graphs_from_env(), profile: std::env::var("CUDA_ENGINE_PROFILE").is_ok_and(|v| v == "1"),
+        CudaOptions {
+            device: 0,
+            dtype: Dtype::F16,
+            max_batch_tokens: 16_384,
+            max_batch_seqs: 1_024,
+            graphs: graphs_from_env(),
+            profile: std::env::var("CUDA_ENGINE_PROFILE").is_ok_and(|v| v == "1"),
             gemm_nn: std::env::var("CUDA_ENGINE_GEMM_NN").is_ok_and(|v| v == "1"),
             qkv_mode: QkvMode::from_env(),
         }
@@ -229,10 +235,16 @@ impl Shared {
 }
 
 enum Job {
-    Forward { batch: TokenBatch, want_hidden: bool, reply: mpsc::SyncSender<Result<ForwardOutput>> },
+    Forward {
+        batch: TokenBatch,
+        want_hidden: bool,
+        reply: mpsc::SyncSender<Result<ForwardOutput>>,
+    },
     /// Tests only: make the device fault (illegal address) to exercise the
     /// poisoning path.
-    Fault { reply: mpsc::SyncSender<Result<ForwardOutput>> },
+    Fault {
+        reply: mpsc::SyncSender<Result<ForwardOutput>>,
+    },
 }
 
 /// The CUDA implementation of [`Backend`] (see the module docs).
@@ -254,10 +266,19 @@ impl CudaBackend {
     pub fn new(weights: &BertWeights, config: &ModelConfig, opts: &CudaOptions) -> Result<CudaBackend> {
         let probe = crate::device::probe();
         if !probe.available {
-            return Err(err!(CudaUnavailable, "CUDA is not available: {}", probe.reason.as_deref().unwrap_or("no device")));
+            return Err(err!(
+                CudaUnavailable,
+                "CUDA is not available: {}",
+                probe.reason.as_deref().unwrap_or("no device")
+            ));
         }
         let ctx = probe.context(opts.device).ok_or_else(|| {
-            err!(CudaUnavailable, "CUDA device {} does not exist or did not initialise ({} usable)", opts.device, probe.devices.len())
+            err!(
+                CudaUnavailable,
+                "CUDA device {} does not exist or did not initialise ({} usable)",
+                opts.device,
+                probe.devices.len()
+            )
         })?;
         let device_name = probe.devices.get(opts.device).map(|d| d.name.clone()).unwrap_or_default();
         // SAFETY: these only try to dlopen the libraries.
@@ -283,7 +304,8 @@ impl CudaBackend {
             .name(format!("cuda-engine-gpu{}", opts.device))
             .spawn(move || executor(ctx, host, dims, thread_opts, thread_shared, rx, init_tx))
             .map_err(|e| err!(Internal, "cannot start the CUDA executor thread: {e}"))?;
-        let init = init_rx.recv().unwrap_or_else(|_| Err(err!(Internal, "the CUDA executor thread died during start-up")));
+        let init =
+            init_rx.recv().unwrap_or_else(|_| Err(err!(Internal, "the CUDA executor thread died during start-up")));
         if let Err(e) = init {
             drop(tx);
             let _ = thread.join();
@@ -385,7 +407,11 @@ impl Backend for CudaBackend {
             return Err(err!(CudaFault, "the CUDA context is unusable after an earlier fault: {why}"));
         }
         if batch.n_seqs() == 0 {
-            return Ok(ForwardOutput { pooled: Vec::new(), last_hidden: want_last_hidden.then(Vec::new), hidden: self.hidden });
+            return Ok(ForwardOutput {
+                pooled: Vec::new(),
+                last_hidden: want_last_hidden.then(Vec::new),
+                hidden: self.hidden,
+            });
         }
         let tx = self.tx.as_ref().ok_or_else(|| err!(Internal, "the CUDA backend is shut down"))?;
         let (reply, rx) = mpsc::sync_channel(1);
