@@ -6,26 +6,32 @@
 //! `E_TOO_DEEP`, never a stack overflow.
 
 use std::ptr;
-use std::time::Duration;
+use std::time::Instant;
 
 use cuda_engine_core::engine::{CallOptions, EnvelopeInput};
 use cuda_engine_core::envelope::{Limits, RawEnvelope};
 use cuda_engine_core::err;
 use cuda_engine_core::jobs::{JobOutput, JobResult, Target};
+use cuda_engine_core::options;
 use cuda_engine_core::{CoreError, Result};
 use napi::bindgen_prelude::*;
 use napi::sys;
 use serde_json::{Map, Number, Value};
 
-fn status(s: sys::napi_status, what: &str) -> Result<()> {
-    if s == sys::Status::napi_ok {
-        Ok(())
-    } else {
-        Err(CoreError::internal(format!("N-API call failed while reading {what} (status {s})")))
-    }
-}
+/// Most elements any JS array argument may have (texts, tensor data, JSON
+/// arrays) before anything is allocated for it: `E_TOO_LARGE` above. The
+/// envelope and per-call limits are usually tighter; this bounds the
+/// allocation a single length can ask for (a sparse `new Array(2**32 - 1)`).
+pub const MAX_ARRAY_ELEMENTS: u32 = 1 << 24;
 
-/// One JS value, borrowed for the duration of a call.
+/// Why the raw N-API calls stay (here and nowhere else): the JS→JSON walk
+/// is the hot path of `submit` with object envelopes, and it must bound
+/// depth and size while it walks and turn a throwing getter or Proxy trap
+/// into a coded error of that call alone. napi-rs's `Unknown`/`Object`
+/// wrappers make the same calls underneath but report failures as
+/// `napi::Error` without clearing the pending exception, which would leave
+/// the next call (another caller's) failing. Every status is checked in
+/// [`JsVal::status`].
 #[derive(Clone, Copy)]
 pub struct JsVal {
     env: sys::napi_env,
@@ -41,10 +47,24 @@ impl JsVal {
         self.raw
     }
 
+
+    /// Check an N-API status. A JS exception raised by the call (a getter
+    /// that throws, a Proxy trap) is cleared here, so it fails only this
+    /// call, and becomes `E_INVALID_ARG` with its message.
+    pub fn status(&self, s: sys::napi_status, what: &str) -> Result<()> {
+        if s == sys::Status::napi_ok {
+            return Ok(());
+        }
+        if let Some(msg) = take_exception(self.env) {
+            return Err(err!(InvalidArg, "reading {what} threw: {msg}"));
+        }
+        Err(CoreError::internal(format!("N-API call failed while reading {what} (status {s})")))
+    }
+
     pub fn type_of(&self) -> Result<sys::napi_valuetype> {
         let mut t = 0;
         // SAFETY: env and raw come from the current N-API callback.
-        status(unsafe { sys::napi_typeof(self.env, self.raw, &mut t) }, "a value's type")?;
+        self.status(unsafe { sys::napi_typeof(self.env, self.raw, &mut t) }, "a value's type")?;
         Ok(t)
     }
 
@@ -58,52 +78,81 @@ impl JsVal {
         self.check(sys::napi_is_array)
     }
 
-    /// The bytes of a Uint8Array / Buffer / other typed array view, copied.
-    pub fn typed_bytes(&self) -> Result<Option<Vec<u8>>> {
+    /// The typed array behind this value, if it is one (the one typed-array
+    /// reader: `submit` bytes, `infer` tensor data).
+    pub fn typed_view(&self) -> Result<Option<TypedView>> {
         if !self.check(sys::napi_is_typedarray) {
             return Ok(None);
         }
-        let mut kind = 0;
-        let mut len = 0usize;
-        let mut data = ptr::null_mut();
-        let mut ab = ptr::null_mut();
-        let mut offset = 0usize;
-        // SAFETY: the value is a typed array (checked above); `data` points at
-        // `len` elements that stay alive for this synchronous call.
-        status(
-            unsafe {
-                sys::napi_get_typedarray_info(self.env, self.raw, &mut kind, &mut len, &mut data, &mut ab, &mut offset)
-            },
+        let (mut kind, mut len, mut data, mut ab, mut off) = (0, 0usize, ptr::null_mut(), ptr::null_mut(), 0usize);
+        // SAFETY: the value is a typed array (checked above).
+        self.status(
+            unsafe { sys::napi_get_typedarray_info(self.env, self.raw, &mut kind, &mut len, &mut data, &mut ab, &mut off) },
             "a typed array",
         )?;
-        if kind != sys::TypedarrayType::uint8_array && kind != sys::TypedarrayType::uint8_clamped_array {
-            return Err(err!(InvalidArg, "bytes must be a Uint8Array or Buffer (got another typed array)"));
+        Ok(Some(TypedView { kind, data: data as *const u8, len }))
+    }
+
+    /// The bytes of a Uint8Array / Buffer, copied; another typed array is
+    /// `E_INVALID_ARG`.
+    pub fn typed_bytes(&self) -> Result<Option<Vec<u8>>> {
+        match self.typed_view()? {
+            None => Ok(None),
+            Some(t) if t.is_u8() => Ok(Some(t.bytes().to_vec())),
+            Some(t) => Err(err!(InvalidArg, "bytes must be a Uint8Array or Buffer, got {}", t.name())),
         }
-        if len == 0 {
-            return Ok(Some(Vec::new()));
+    }
+
+    /// A BigInt's value, saturated to the i128 range.
+    pub fn bigint(&self) -> Result<i128> {
+        let (mut sign, mut count) = (0i32, 0usize);
+        // SAFETY: null sign and buffer ask for the word count only (Node
+        // rejects a sign pointer without a buffer).
+        self.status(
+            unsafe { sys::napi_get_value_bigint_words(self.env, self.raw, ptr::null_mut(), &mut count, ptr::null_mut()) },
+            "a BigInt",
+        )?;
+        let mut words = [0u64; 2];
+        let mut n = words.len();
+        if count > 2 {
+            // Beyond any tensor type: only the sign matters (out of range).
+            n = 0;
         }
-        // SAFETY: see above.
-        Ok(Some(unsafe { std::slice::from_raw_parts(data as *const u8, len) }.to_vec()))
+        // SAFETY: `words` has room for `n` (>= count, or 0 to read the sign) words.
+        self.status(
+            unsafe { sys::napi_get_value_bigint_words(self.env, self.raw, &mut sign, &mut n, words.as_mut_ptr()) },
+            "a BigInt",
+        )?;
+        if count > 2 {
+            return Ok(if sign == 1 { i128::MIN } else { i128::MAX });
+        }
+        let mag = (words[0] as u128) | ((words[1] as u128) << 64);
+        Ok(match (sign == 1, i128::try_from(mag)) {
+            (false, Ok(x)) => x,
+            (true, Ok(x)) => -x,
+            (false, Err(_)) => i128::MAX,
+            (true, Err(_)) => i128::MIN,
+        })
     }
 
     pub fn get(&self, key: &std::ffi::CStr) -> Result<JsVal> {
         let mut out = ptr::null_mut();
         // SAFETY: raw is an object (callers check), key is NUL-terminated.
-        status(unsafe { sys::napi_get_named_property(self.env, self.raw, key.as_ptr(), &mut out) }, "a property")?;
+        self.status(unsafe { sys::napi_get_named_property(self.env, self.raw, key.as_ptr(), &mut out) }, "a property")?;
         Ok(JsVal::new(self.env, out))
     }
 
     pub fn string(&self) -> Result<String> {
         let mut len = 0usize;
         // SAFETY: a null buffer asks for the UTF-8 length only.
-        status(
+        self.status(
             unsafe { sys::napi_get_value_string_utf8(self.env, self.raw, ptr::null_mut(), 0, &mut len) },
             "a string",
         )?;
         let mut buf = vec![0u8; len + 1];
         let mut written = 0usize;
         // SAFETY: buf has room for len bytes + NUL.
-        status(
+        self.status(
             unsafe {
                 sys::napi_get_value_string_utf8(self.env, self.raw, buf.as_mut_ptr().cast(), len + 1, &mut written)
             },
@@ -117,7 +166,7 @@ impl JsVal {
     fn string_len(&self) -> Result<usize> {
         let mut len = 0usize;
         // SAFETY: length query only.
-        status(
+        self.status(
             unsafe { sys::napi_get_value_string_utf8(self.env, self.raw, ptr::null_mut(), 0, &mut len) },
             "a string",
         )?;
@@ -127,37 +176,37 @@ impl JsVal {
     pub fn number(&self) -> Result<f64> {
         let mut out = 0f64;
         // SAFETY: raw is a number (callers check the type).
-        status(unsafe { sys::napi_get_value_double(self.env, self.raw, &mut out) }, "a number")?;
+        self.status(unsafe { sys::napi_get_value_double(self.env, self.raw, &mut out) }, "a number")?;
         Ok(out)
     }
 
     pub fn boolean(&self) -> Result<bool> {
         let mut out = false;
         // SAFETY: raw is a boolean (callers check the type).
-        status(unsafe { sys::napi_get_value_bool(self.env, self.raw, &mut out) }, "a boolean")?;
+        self.status(unsafe { sys::napi_get_value_bool(self.env, self.raw, &mut out) }, "a boolean")?;
         Ok(out)
     }
 
     pub fn array_len(&self) -> Result<u32> {
         let mut n = 0u32;
         // SAFETY: raw is an array (checked by the caller).
-        status(unsafe { sys::napi_get_array_length(self.env, self.raw, &mut n) }, "an array")?;
+        self.status(unsafe { sys::napi_get_array_length(self.env, self.raw, &mut n) }, "an array")?;
         Ok(n)
     }
 
     pub fn element(&self, i: u32) -> Result<JsVal> {
         let mut out = ptr::null_mut();
         // SAFETY: raw is an array/object.
-        status(unsafe { sys::napi_get_element(self.env, self.raw, i, &mut out) }, "an array element")?;
+        self.status(unsafe { sys::napi_get_element(self.env, self.raw, i, &mut out) }, "an array element")?;
         Ok(JsVal::new(self.env, out))
     }
 
-    fn own_keys(&self) -> Result<JsVal> {
+    pub fn own_keys(&self) -> Result<JsVal> {
         let mut out = ptr::null_mut();
         // SAFETY: raw is an object. Own enumerable string keys only, like
         // JSON.stringify (napi_get_property_names also walks the prototype
         // chain, which costs more than the rest of a small envelope).
-        status(
+        self.status(
             unsafe {
                 sys::napi_get_all_property_names(
                     self.env,
@@ -176,7 +225,7 @@ impl JsVal {
     fn property(&self, key: JsVal) -> Result<JsVal> {
         let mut out = ptr::null_mut();
         // SAFETY: raw is an object, key a string from own_keys.
-        status(unsafe { sys::napi_get_property(self.env, self.raw, key.raw, &mut out) }, "a property")?;
+        self.status(unsafe { sys::napi_get_property(self.env, self.raw, key.raw, &mut out) }, "a property")?;
         Ok(JsVal::new(self.env, out))
     }
 
@@ -202,11 +251,97 @@ impl JsVal {
     }
 }
 
+/// Clear a pending JS exception (a getter or Proxy trap threw during an
+/// N-API call) and return its message; None when nothing is pending.
+pub fn take_exception(env: sys::napi_env) -> Option<String> {
+    let mut pending = false;
+    // SAFETY: JS thread; these calls are valid with an exception pending.
+    if unsafe { sys::napi_is_exception_pending(env, &mut pending) } != sys::Status::napi_ok || !pending {
+        return None;
+    }
+    let mut exc = ptr::null_mut();
+    // SAFETY: as above; clears the exception.
+    if unsafe { sys::napi_get_and_clear_last_exception(env, &mut exc) } != sys::Status::napi_ok || exc.is_null() {
+        return Some("an exception".into());
+    }
+    // String(exc) may itself throw (a Symbol, a poisoned toString): then
+    // say so without looking further.
+    let mut text = ptr::null_mut();
+    // SAFETY: JS thread; exc is a live value.
+    if unsafe { sys::napi_coerce_to_string(env, exc, &mut text) } != sys::Status::napi_ok {
+        let mut ignored = ptr::null_mut();
+        // SAFETY: clear what the coercion threw.
+        unsafe { sys::napi_get_and_clear_last_exception(env, &mut ignored) };
+        return Some("an exception that cannot be shown as a string".into());
+    }
+    let v = JsVal::new(env, text);
+    let mut msg = v.string().unwrap_or_else(|_| "an exception".into());
+    if msg.len() > 200 {
+        let cut = (0..=200).rev().find(|&i| msg.is_char_boundary(i)).unwrap_or(0);
+        msg.truncate(cut);
+        msg.push('…');
+    }
+    Some(msg)
+}
+
+/// A typed array's kind and contents, borrowed for one synchronous call.
+pub struct TypedView {
+    pub kind: sys::napi_typedarray_type,
+    data: *const u8,
+    pub len: usize,
+}
+
+impl TypedView {
+    pub fn is_u8(&self) -> bool {
+        self.kind == sys::TypedarrayType::uint8_array || self.kind == sys::TypedarrayType::uint8_clamped_array
+    }
+
+    pub fn name(&self) -> &'static str {
+        use sys::TypedarrayType as T;
+        match self.kind {
+            T::int8_array => "an Int8Array",
+            T::uint8_array => "a Uint8Array",
+            T::uint8_clamped_array => "a Uint8ClampedArray",
+            T::int16_array => "an Int16Array",
+            T::uint16_array => "a Uint16Array",
+            T::int32_array => "an Int32Array",
+            T::uint32_array => "a Uint32Array",
+            T::float32_array => "a Float32Array",
+            T::float64_array => "a Float64Array",
+            T::bigint64_array => "a BigInt64Array",
+            T::biguint64_array => "a BigUint64Array",
+            _ => "an unsupported typed array",
+        }
+    }
+
+    /// Copy the elements as `T` (the caller matched `T` to the kind).
+    pub fn copy<T: Copy>(&self) -> Vec<T> {
+        if self.len == 0 {
+            return Vec::new();
+        }
+        // SAFETY: a typed array's data pointer is aligned for its element
+        // type and holds `len` elements, alive during this synchronous call.
+        unsafe { std::slice::from_raw_parts(self.data as *const T, self.len) }.to_vec()
+    }
+
+    /// The bytes of a Uint8Array / Uint8ClampedArray.
+    pub fn bytes(&self) -> &[u8] {
+        if self.len == 0 || !self.is_u8() {
+            return &[];
+        }
+        // SAFETY: one byte per element, alive during this synchronous call.
+        unsafe { std::slice::from_raw_parts(self.data, self.len) }
+    }
+}
+
 /// Converts JS values to JSON with a depth limit and a byte budget.
 pub struct JsonWalker {
     max_depth: usize,
     budget: usize,
     max_bytes: usize,
+    /// Options, not payloads: a function, Symbol or BigInt is an error
+    /// instead of being dropped the way JSON.stringify drops it.
+    strict: bool,
 }
 
 impl JsonWalker {
@@ -215,7 +350,13 @@ impl JsonWalker {
             max_depth: limits.max_json_depth,
             budget: limits.max_envelope_bytes,
             max_bytes: limits.max_envelope_bytes,
+            strict: false,
         }
+    }
+
+    /// For option objects: small limits (depth 8, 1 MiB) and strict types.
+    pub fn for_options() -> JsonWalker {
+        JsonWalker { max_depth: 8, budget: 1 << 20, max_bytes: 1 << 20, strict: true }
     }
 
     fn spend(&mut self, n: usize, path: &str) -> Result<()> {
@@ -236,9 +377,11 @@ impl JsonWalker {
     pub fn to_json(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Option<Value>> {
         let t = v.type_of()?;
         Ok(Some(match t {
-            sys::ValueType::napi_undefined | sys::ValueType::napi_function | sys::ValueType::napi_symbol => {
-                return Ok(None)
+            sys::ValueType::napi_undefined => return Ok(None),
+            sys::ValueType::napi_function | sys::ValueType::napi_symbol if self.strict => {
+                return Err(err!(InvalidArg, "`{path}` is {}, not a JSON value", v.kind_name()))
             }
+            sys::ValueType::napi_function | sys::ValueType::napi_symbol => return Ok(None),
             sys::ValueType::napi_null => {
                 self.spend(4, path)?;
                 Value::Null
@@ -278,7 +421,7 @@ impl JsonWalker {
                 if v.is_array() {
                     let n = v.array_len()?;
                     self.spend(2 + n as usize, path)?;
-                    let mut items = Vec::with_capacity(n as usize);
+                    let mut items = Vec::with_capacity((n as usize).min(4096));
                     for i in 0..n {
                         use std::fmt::Write;
                         let _ = write!(path, "[{i}]");
@@ -406,30 +549,45 @@ pub struct ParsedCall {
     pub call: CallOptions,
     pub signal: Option<JsVal>,
     pub already_aborted: bool,
+    /// `EmbedOptions.normalize` / `truncate` (embed calls only).
+    pub normalize: Option<bool>,
+    pub truncate: Option<bool>,
 }
 
-pub fn call_options(v: Option<JsVal>) -> Result<ParsedCall> {
-    let mut parsed = ParsedCall { call: CallOptions::default(), signal: None, already_aborted: false };
+/// Read `CallOptions` (or, with `known = options::EMBED_OPTIONS`,
+/// `EmbedOptions`). Unknown keys are `E_INVALID_ARG` naming the key and the
+/// nearest valid one; so are wrong types and out-of-range values.
+pub fn call_options(v: Option<JsVal>, known: &[&str]) -> Result<ParsedCall> {
+    let issued = Some(Instant::now());
+    let mut parsed = ParsedCall { call: CallOptions { issued, ..CallOptions::default() }, ..ParsedCall::default() };
     let Some(v) = v else { return Ok(parsed) };
     if v.is_nullish()? {
         return Ok(parsed);
     }
-    if v.type_of()? != sys::ValueType::napi_object {
+    if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
         return Err(err!(InvalidArg, "`options` must be an object, got {}", v.kind_name()));
     }
+    let keys = v.own_keys()?;
+    let n = keys.array_len()?;
+    if n as usize > known.len() + 16 {
+        return Err(err!(InvalidArg, "`options` has {n} keys; valid keys: {}", known.join(", ")));
+    }
+    let mut names = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        names.push(keys.element(i)?.string()?);
+    }
+    options::check_keys(names.iter().map(String::as_str), known, "options")?;
     let timeout = v.get(c"timeoutMs")?;
     if !timeout.is_nullish()? {
-        let ms = if timeout.type_of()? == sys::ValueType::napi_number { timeout.number()? } else { f64::NAN };
-        if !(ms.is_finite() && ms >= 0.0) {
+        if timeout.type_of()? != sys::ValueType::napi_number {
             return Err(err!(
                 InvalidArg,
-                "`options.timeoutMs` must be a number of milliseconds >= 0, got {}",
+                "`options.timeoutMs` must be a number of milliseconds, got {}",
                 timeout.kind_name()
             ));
         }
-        if ms > 0.0 {
-            parsed.call.timeout = Some(Duration::from_secs_f64(ms / 1e3));
-        }
+        let d = options::millis(timeout.number()?, "options.timeoutMs")?;
+        parsed.call.timeout = (!d.is_zero()).then_some(d);
     }
     let target = v.get(c"target")?;
     if !target.is_nullish()? {
@@ -441,6 +599,10 @@ pub fn call_options(v: Option<JsVal>) -> Result<ParsedCall> {
                 s.as_deref().map_or(target.kind_name().to_string(), |s| format!("{s:?}"))
             )
         })?;
+    }
+    if known.contains(&"normalize") {
+        parsed.normalize = flag(v, c"normalize", "normalize")?;
+        parsed.truncate = flag(v, c"truncate", "truncate")?;
     }
     let signal = v.get(c"signal")?;
     if !signal.is_nullish()? {
@@ -455,6 +617,26 @@ pub fn call_options(v: Option<JsVal>) -> Result<ParsedCall> {
         parsed.signal = Some(signal);
     }
     Ok(parsed)
+}
+
+/// An optional boolean option.
+fn flag(v: JsVal, key: &std::ffi::CStr, name: &str) -> Result<Option<bool>> {
+    let x = v.get(key)?;
+    if x.is_nullish()? {
+        return Ok(None);
+    }
+    if x.type_of()? != sys::ValueType::napi_boolean {
+        return Err(err!(InvalidArg, "`options.{name}` must be a boolean, got {}", x.kind_name()));
+    }
+    Ok(Some(x.boolean()?))
+}
+
+/// An options object (`Engine.open`) as JSON, walked under small fixed
+/// limits with strict types, for the core's schema.
+pub fn options_json(v: Option<JsVal>) -> Result<Value> {
+    let Some(v) = v else { return Ok(Value::Null) };
+    let mut path = String::from("options");
+    Ok(JsonWalker::for_options().to_json(v, &mut path, 0)?.unwrap_or(Value::Null))
 }
 
 /// Builds job-result objects with a JS object literal: V8 gives every result

@@ -2,12 +2,12 @@
 //! copy through JS arrays.
 
 use cuda_engine_core::err;
-use cuda_engine_core::model::EmbedOptions;
+use cuda_engine_core::embedder::EmbedOptions;
 use cuda_engine_core::Result;
 use napi::bindgen_prelude::*;
 use napi::sys;
 
-use crate::convert::JsVal;
+use crate::convert::{JsVal, ParsedCall};
 
 /// What `embed` was given: one text (resolve to one vector) or many.
 pub struct EmbedInput {
@@ -15,13 +15,18 @@ pub struct EmbedInput {
     pub single: bool,
 }
 
-pub fn embed_input(v: JsVal) -> Result<EmbedInput> {
+/// Read `embed`'s first argument. The length is checked against
+/// `max_texts` before anything is allocated (`E_TOO_LARGE`).
+pub fn embed_input(v: JsVal, max_texts: usize) -> Result<EmbedInput> {
     match v.type_of()? {
         sys::ValueType::napi_string => Ok(EmbedInput { texts: vec![v.string()?], single: true }),
         sys::ValueType::napi_object if v.is_array() => {
-            let n = v.array_len()?;
-            let mut texts = Vec::with_capacity(n as usize);
-            for i in 0..n {
+            let n = v.array_len()? as usize;
+            if n > max_texts {
+                return Err(err!(TooLarge, "texts has {n} entries, max {max_texts} per call (maxTextsPerCall)"));
+            }
+            let mut texts = Vec::with_capacity(n);
+            for i in 0..n as u32 {
                 let item = v.element(i)?;
                 if item.type_of()? != sys::ValueType::napi_string {
                     return Err(err!(InvalidArg, "texts[{i}] must be a string, got {}", item.kind_name()));
@@ -34,29 +39,13 @@ pub fn embed_input(v: JsVal) -> Result<EmbedInput> {
     }
 }
 
-/// `normalize` and `truncate` from the options object (CallOptions fields
-/// are read separately).
-pub fn embed_options(v: Option<JsVal>) -> Result<EmbedOptions> {
-    let mut opts = EmbedOptions::default();
-    let Some(v) = v else { return Ok(opts) };
-    if v.is_nullish()? || v.type_of()? != sys::ValueType::napi_object {
-        return Ok(opts); // call_options() reports a non-object
-    }
-    let flag = |key: &std::ffi::CStr, name: &str| -> Result<Option<bool>> {
-        let x = v.get(key)?;
-        if x.is_nullish()? {
-            return Ok(None);
-        }
-        if x.type_of()? != sys::ValueType::napi_boolean {
-            return Err(err!(InvalidArg, "`options.{name}` must be a boolean, got {}", x.kind_name()));
-        }
-        Ok(Some(x.boolean()?))
-    };
-    opts.normalize = flag(c"normalize", "normalize")?;
-    if let Some(t) = flag(c"truncate", "truncate")? {
+/// `normalize` / `truncate` as read with the call options.
+pub fn embed_options(parsed: &ParsedCall) -> EmbedOptions {
+    let mut opts = EmbedOptions { normalize: parsed.normalize, ..EmbedOptions::default() };
+    if let Some(t) = parsed.truncate {
         opts.truncate = t;
     }
-    Ok(opts)
+    opts
 }
 
 /// Vectors into Float32Arrays that own the Rust buffers (no copy).

@@ -6,130 +6,60 @@
 //! arrays that own the Rust buffers. Everything is copied on the JS thread;
 //! validation against the model runs in the core before any compute.
 
-use std::ptr;
-
 use cuda_engine_core::err;
 use cuda_engine_core::infer::{
     DataType, Elem, ElemBuilder, InferRequest, InferResponse, InferTensor, RequestedOutput, TensorData,
 };
-use cuda_engine_core::{CoreError, Result};
+use cuda_engine_core::Result;
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
 use serde_json::{Map, Value};
 
-use crate::convert::{call_options, json_to_js, JsVal, JsonWalker, ParsedCall};
+use crate::convert::{call_options, json_to_js, JsVal, JsonWalker, ParsedCall, TypedView, MAX_ARRAY_ELEMENTS};
+use cuda_engine_core::options::CALL_OPTIONS;
 use crate::task::spawn_job;
 use crate::{Engine, EngineRef};
 
 /// Nesting accepted in a plain `data` array ([batch, seq, hidden] is 3).
 const MAX_DATA_DEPTH: usize = 32;
 
-fn ok(s: sys::napi_status, what: &str) -> Result<()> {
-    if s == sys::Status::napi_ok {
-        Ok(())
-    } else {
-        Err(CoreError::internal(format!("N-API call failed while reading {what} (status {s})")))
-    }
-}
-
-/// A typed array's kind and contents, borrowed for this synchronous call.
-struct TypedView {
-    kind: sys::napi_typedarray_type,
-    data: *const u8,
-    len: usize,
-}
-
-impl TypedView {
-    fn of(env: sys::napi_env, v: JsVal) -> Result<Option<TypedView>> {
-        let mut is = false;
-        // SAFETY: env and value come from the current N-API call.
-        ok(unsafe { sys::napi_is_typedarray(env, v.raw(), &mut is) }, "a typed array")?;
-        if !is {
-            return Ok(None);
-        }
-        let (mut kind, mut len, mut data, mut ab, mut off) = (0, 0usize, ptr::null_mut(), ptr::null_mut(), 0usize);
-        // SAFETY: the value is a typed array (checked above).
-        ok(
-            unsafe { sys::napi_get_typedarray_info(env, v.raw(), &mut kind, &mut len, &mut data, &mut ab, &mut off) },
-            "a typed array",
-        )?;
-        Ok(Some(TypedView { kind, data: data as *const u8, len }))
-    }
-
-    fn name(&self) -> &'static str {
-        use sys::TypedarrayType as T;
-        match self.kind {
-            T::int8_array => "an Int8Array",
-            T::uint8_array => "a Uint8Array",
-            T::uint8_clamped_array => "a Uint8ClampedArray",
-            T::int16_array => "an Int16Array",
-            T::uint16_array => "a Uint16Array",
-            T::int32_array => "an Int32Array",
-            T::uint32_array => "a Uint32Array",
-            T::float32_array => "a Float32Array",
-            T::float64_array => "a Float64Array",
-            T::bigint64_array => "a BigInt64Array",
-            T::biguint64_array => "a BigUint64Array",
-            _ => "an unsupported typed array",
-        }
-    }
-
-    /// Copy the elements as `T` (the caller matched `T` to the kind).
-    fn copy<T: Copy>(&self) -> Vec<T> {
-        if self.len == 0 {
-            return Vec::new();
-        }
-        // SAFETY: a typed array's data pointer is aligned for its element
-        // type and holds `len` elements, alive during this synchronous call.
-        unsafe { std::slice::from_raw_parts(self.data as *const T, self.len) }.to_vec()
-    }
-
-    fn bytes(&self) -> &[u8] {
-        if self.len == 0 {
-            return &[];
-        }
-        // SAFETY: only called for Uint8Array / Uint8ClampedArray (1 byte each).
-        unsafe { std::slice::from_raw_parts(self.data, self.len) }
-    }
-
-    /// The tensor data this typed array carries for `dt`: the matching
-    /// typed array (Uint16Array carries FP16 bits), or a Uint8Array/Buffer of
-    /// little-endian bytes for any fixed-size type.
-    fn tensor(&self, dt: DataType, what: &str) -> Result<TensorData> {
-        use sys::TypedarrayType as T;
-        let is_u8 = self.kind == T::uint8_array || self.kind == T::uint8_clamped_array;
-        Ok(match (dt, self.kind) {
-            (DataType::Uint8, _) if is_u8 => TensorData::Uint8(self.bytes().to_vec()),
-            (DataType::Bytes, _) => {
-                return Err(err!(
-                    InvalidArg,
-                    "{what}: BYTES data must be an array of strings or Uint8Arrays, got {}",
-                    self.name()
-                ))
-            }
-            (_, _) if is_u8 => TensorData::from_le_bytes(dt, self.bytes(), what)?,
-            (DataType::Int8, T::int8_array) => TensorData::Int8(self.copy()),
-            (DataType::Uint16, T::uint16_array) => TensorData::Uint16(self.copy()),
-            (DataType::Fp16, T::uint16_array) => TensorData::Fp16(self.copy()),
-            (DataType::Int16, T::int16_array) => TensorData::Int16(self.copy()),
-            (DataType::Uint32, T::uint32_array) => TensorData::Uint32(self.copy()),
-            (DataType::Int32, T::int32_array) => TensorData::Int32(self.copy()),
-            (DataType::Fp32, T::float32_array) => TensorData::Fp32(self.copy()),
-            (DataType::Fp64, T::float64_array) => TensorData::Fp64(self.copy()),
-            (DataType::Int64, T::bigint64_array) => TensorData::Int64(self.copy()),
-            (DataType::Uint64, T::biguint64_array) => TensorData::Uint64(self.copy()),
-            _ => {
-                return Err(err!(
+/// The tensor data this typed array carries for `dt`: the matching
+/// typed array (Uint16Array carries FP16 bits), or a Uint8Array/Buffer of
+/// little-endian bytes for any fixed-size type.
+fn view_tensor(view: &TypedView, dt: DataType, what: &str) -> Result<TensorData> {
+    use sys::TypedarrayType as T;
+    let is_u8 = view.is_u8();
+    Ok(match (dt, view.kind) {
+        (DataType::Uint8, _) if is_u8 => TensorData::Uint8(view.bytes().to_vec()),
+        (DataType::Bytes, _) => {
+            return Err(err!(
                 InvalidArg,
-                "{what}: datatype {} does not match {} (use {}, a plain array, or a Uint8Array of little-endian bytes)",
-                dt.as_str(),
-                self.name(),
-                typed_array_for(dt)
+                "{what}: BYTES data must be an array of strings or Uint8Arrays, got {}",
+                view.name()
             ))
-            }
-        })
-    }
+        }
+        (_, _) if is_u8 => TensorData::from_le_bytes(dt, view.bytes(), what)?,
+        (DataType::Int8, T::int8_array) => TensorData::Int8(view.copy()),
+        (DataType::Uint16, T::uint16_array) => TensorData::Uint16(view.copy()),
+        (DataType::Fp16, T::uint16_array) => TensorData::Fp16(view.copy()),
+        (DataType::Int16, T::int16_array) => TensorData::Int16(view.copy()),
+        (DataType::Uint32, T::uint32_array) => TensorData::Uint32(view.copy()),
+        (DataType::Int32, T::int32_array) => TensorData::Int32(view.copy()),
+        (DataType::Fp32, T::float32_array) => TensorData::Fp32(view.copy()),
+        (DataType::Fp64, T::float64_array) => TensorData::Fp64(view.copy()),
+        (DataType::Int64, T::bigint64_array) => TensorData::Int64(view.copy()),
+        (DataType::Uint64, T::biguint64_array) => TensorData::Uint64(view.copy()),
+        _ => {
+            return Err(err!(
+            InvalidArg,
+            "{what}: datatype {} does not match {} (use {}, a plain array, or a Uint8Array of little-endian bytes)",
+            dt.as_str(),
+            view.name(),
+            typed_array_for(dt)
+        ))
+        }
+    })
 }
 
 /// The typed array that carries `dt` (for messages and typings).
@@ -150,31 +80,6 @@ fn typed_array_for(dt: DataType) -> &'static str {
     }
 }
 
-fn bigint(env: sys::napi_env, v: JsVal) -> Result<i128> {
-    let (mut sign, mut count) = (0i32, 0usize);
-    // SAFETY: null sign and buffer ask for the word count only (Node
-    // rejects a sign pointer without a buffer).
-    ok(
-        unsafe { sys::napi_get_value_bigint_words(env, v.raw(), ptr::null_mut(), &mut count, ptr::null_mut()) },
-        "a BigInt",
-    )?;
-    if count > 2 {
-        // Beyond any tensor type: report it as out of range.
-        return Ok(if sign == 1 { i128::MIN } else { i128::MAX });
-    }
-    let mut words = [0u64; 2];
-    let mut n = words.len();
-    // SAFETY: `words` has room for `n` (>= count) words.
-    ok(unsafe { sys::napi_get_value_bigint_words(env, v.raw(), &mut sign, &mut n, words.as_mut_ptr()) }, "a BigInt")?;
-    let mag = (words[0] as u128) | ((words[1] as u128) << 64);
-    Ok(match (sign == 1, i128::try_from(mag)) {
-        (false, Ok(x)) => x,
-        (true, Ok(x)) => -x,
-        (false, Err(_)) => i128::MAX,
-        (true, Err(_)) => i128::MIN,
-    })
-}
-
 /// Walk a plain (possibly nested) array into `out`, row-major.
 fn walk_data(
     env: sys::napi_env,
@@ -188,6 +93,9 @@ fn walk_data(
         return Err(err!(InvalidArg, "{what}: `data` is nested deeper than {MAX_DATA_DEPTH} levels"));
     }
     let n = v.array_len()?;
+    if out.len() as u64 + n as u64 > MAX_ARRAY_ELEMENTS as u64 {
+        return Err(err!(TooLarge, "{what}: `data` has more than {MAX_ARRAY_ELEMENTS} elements (send a typed array)"));
+    }
     for i in 0..n {
         let x = v.element(i)?;
         let idx = out.len();
@@ -200,21 +108,21 @@ fn walk_data(
                     Elem::Float(f)
                 }
             }
-            sys::ValueType::napi_bigint => Elem::Int(bigint(env, x)?),
+            sys::ValueType::napi_bigint => Elem::Int(x.bigint()?),
             sys::ValueType::napi_boolean => Elem::Bool(x.boolean()?),
             sys::ValueType::napi_string => Elem::Bytes(x.string()?.into_bytes()),
             sys::ValueType::napi_object if x.is_array() => {
                 walk_data(env, x, out, dt, what, depth + 1)?;
                 continue;
             }
-            sys::ValueType::napi_object => match TypedView::of(env, x)? {
+            sys::ValueType::napi_object => match x.typed_view()? {
                 // A Uint8Array inside BYTES data is one element.
                 Some(t) if dt == DataType::Bytes && (t.kind == sys::TypedarrayType::uint8_array) => {
                     Elem::Bytes(t.bytes().to_vec())
                 }
                 // Rows given as typed arrays (e.g. embed()'s Float32Array[]).
                 Some(t) => {
-                    out.extend(t.tensor(dt, what)?, what)?;
+                    out.extend(view_tensor(&t, dt, what)?, what)?;
                     continue;
                 }
                 None => {
@@ -231,8 +139,8 @@ fn walk_data(
 }
 
 fn read_data(env: sys::napi_env, v: JsVal, dt: DataType, what: &str) -> Result<TensorData> {
-    if let Some(t) = TypedView::of(env, v)? {
-        return t.tensor(dt, what);
+    if let Some(t) = v.typed_view()? {
+        return view_tensor(&t, dt, what);
     }
     if v.type_of()? != sys::ValueType::napi_object || !v.is_array() {
         return Err(err!(
@@ -242,7 +150,11 @@ fn read_data(env: sys::napi_env, v: JsVal, dt: DataType, what: &str) -> Result<T
             v.kind_name()
         ));
     }
-    let mut b = ElemBuilder::new(dt, v.array_len()? as usize);
+    let n = v.array_len()?;
+    if n > MAX_ARRAY_ELEMENTS {
+        return Err(err!(TooLarge, "{what}: `data` has {n} elements, more than {MAX_ARRAY_ELEMENTS} (send a typed array)"));
+    }
+    let mut b = ElemBuilder::new(dt, (n as usize).min(1 << 16));
     walk_data(env, v, &mut b, dt, what, 0)?;
     Ok(b.finish())
 }
@@ -300,7 +212,7 @@ fn read_tensor(env: sys::napi_env, v: JsVal, field: &str, walker: &mut JsonWalke
         let d = shape_v.element(i)?;
         let n = match d.type_of()? {
             sys::ValueType::napi_number => d.number()?,
-            sys::ValueType::napi_bigint => bigint(env, d)? as f64,
+            sys::ValueType::napi_bigint => d.bigint()? as f64,
             _ => return Err(bad_shape()),
         };
         if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= usize::MAX as f64) {
@@ -424,7 +336,7 @@ pub fn infer_impl<'e>(
     options: Option<Unknown<'e>>,
 ) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
-    let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)));
+    let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)), CALL_OPTIONS);
     let mut walker = JsonWalker::new(&engine.limits());
     let request = infer_request(raw_env, JsVal::new(raw_env, request.value().value), &mut walker);
     spawn_job(env, parsed, move |call| async move { engine.get().await?.infer(request?, call).await }, response_to_js)

@@ -12,14 +12,15 @@ mod task;
 use std::sync::Arc;
 
 use cuda_engine_core::discovery::{self, DiscoveryEnv};
-use cuda_engine_core::engine::{Engine as CoreEngine, EngineOptions};
+use cuda_engine_core::engine::{Engine as CoreEngine, EngineConfig};
 use cuda_engine_core::envelope::Limits;
+use cuda_engine_core::options::{self, EngineOptions, WorkerOptions};
 use cuda_engine_core::CoreError;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use tokio::sync::OnceCell;
 
-use crate::convert::{call_options, envelope_input, job_result_to_js, json_to_js, JsVal, ParsedCall};
+use crate::convert::{call_options, envelope_input, job_result_to_js, json_to_js, options_json, JsVal, ParsedCall};
 use crate::error::to_napi;
 use crate::task::spawn_job;
 
@@ -27,18 +28,21 @@ use crate::task::spawn_job;
 /// the environment (CUDA_ENGINE_MODEL, CUDA_WORKER_PATH, ...).
 static DEFAULT_ENGINE: OnceCell<Arc<CoreEngine>> = OnceCell::const_new();
 
-async fn open_engine(options: EngineOptions) -> std::result::Result<Arc<CoreEngine>, CoreError> {
-    tokio::task::spawn_blocking(move || CoreEngine::open(options))
+async fn open_engine(config: EngineConfig) -> std::result::Result<Arc<CoreEngine>, CoreError> {
+    tokio::task::spawn_blocking(move || CoreEngine::open(config))
         .await
         .map_err(|e| CoreError::internal(format!("opening the engine failed: {e}")))?
 }
 
 async fn default_engine() -> std::result::Result<Arc<CoreEngine>, CoreError> {
-    DEFAULT_ENGINE.get_or_try_init(|| open_engine(EngineOptions::default())).await.cloned()
+    DEFAULT_ENGINE.get_or_try_init(|| open_engine(EngineConfig::default())).await.cloned()
 }
 
-fn default_limits() -> Limits {
-    DEFAULT_ENGINE.get().map(|e| *e.limits()).unwrap_or_default()
+fn default_config<T>(read: impl Fn(&EngineConfig) -> T) -> T {
+    match DEFAULT_ENGINE.get() {
+        Some(e) => read(e.config()),
+        None => read(&EngineConfig::default()),
+    }
 }
 
 /// Where a call goes: a specific engine, or the lazily opened default.
@@ -58,8 +62,15 @@ impl EngineRef {
 
     fn limits(&self) -> Limits {
         match self {
-            EngineRef::Default => default_limits(),
+            EngineRef::Default => default_config(|c| c.limits),
             EngineRef::Open(e) => *e.limits(),
+        }
+    }
+
+    fn max_texts_per_call(&self) -> usize {
+        match self {
+            EngineRef::Default => default_config(|c| c.embedder.max_texts_per_call),
+            EngineRef::Open(e) => e.config().embedder.max_texts_per_call,
         }
     }
 }
@@ -71,7 +82,7 @@ fn submit_impl<'e>(
     options: Option<Unknown<'e>>,
 ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
-    let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)));
+    let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)), options::CALL_OPTIONS);
     let input = envelope_input(JsVal::new(raw_env, envelope.value().value), &engine.limits());
     spawn_job(
         env,
@@ -91,18 +102,14 @@ fn embed_impl<'e>(
     options: Option<Unknown<'e>>,
 ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
-    let options = options.map(|o| JsVal::new(raw_env, o.value().value));
-    let parsed = call_options(options);
-    let request = embed::embed_input(JsVal::new(raw_env, input.value().value))
-        .and_then(|input| Ok((input, embed::embed_options(options)?)));
-    let single = request.as_ref().map_or(false, |(i, _)| i.single);
+    let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)), options::EMBED_OPTIONS);
+    let request = embed::embed_input(JsVal::new(raw_env, input.value().value), engine.max_texts_per_call());
+    let opts = parsed.as_ref().map(embed::embed_options).unwrap_or_default();
+    let single = request.as_ref().is_ok_and(|i| i.single);
     spawn_job(
         env,
         parsed,
-        move |call| async move {
-            let (input, opts) = request?;
-            engine.get().await?.embed(input.texts, opts, call).await
-        },
+        move |call| async move { engine.get().await?.embed(request?.texts, opts, call).await },
         move |env, vectors| embed::vectors_to_js(env, vectors, single),
     )
 }
@@ -137,12 +144,9 @@ pub fn submit<'e>(
 }
 
 /// Embed one text (resolves to a Float32Array) or many (Float32Array[], in
-/// order) with the engine's model.
-#[napi(
-    catch_unwind,
-    ts_args_type = "input: string | string[], options?: EmbedOptions",
-    ts_return_type = "Promise<Float32Array | Float32Array[]>"
-)]
+/// order) with the engine's model. Typed as two overloads in the header
+/// (`types.d.ts.in`), hence `skip_typescript`.
+#[napi(catch_unwind, skip_typescript)]
 pub fn embed<'e>(
     env: &'e Env,
     input: Unknown<'e>,
@@ -205,12 +209,16 @@ impl Engine {
     /// Open an engine. Rejects with a coded error for bad options, a missing
     /// model, or `device: 'cuda'` where CUDA is unavailable.
     #[napi(catch_unwind, ts_args_type = "options?: EngineOptions", ts_return_type = "Promise<Engine>")]
-    pub fn open<'e>(env: &'e Env, options: Option<serde_json::Value>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
-        let options = EngineOptions::from_json(&options.unwrap_or(serde_json::Value::Null));
+    pub fn open<'e>(env: &'e Env, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+        // The one schema (crates/core/src/options.rs): unknown keys and bad
+        // values reject with E_INVALID_ARG naming the key.
+        let config = options_json(options.map(|o| JsVal::new(env.raw(), o.value().value)))
+            .and_then(|v| EngineOptions::from_json(&v))
+            .and_then(EngineOptions::into_config);
         spawn_job(
             env,
             Ok(ParsedCall::default()),
-            move |_| async move { open_engine(options?).await },
+            move |_| async move { open_engine(config?).await },
             |env, inner| Ok(Engine { inner }.into_instance(env)?.as_object(env).to_unknown()),
         )
     }
@@ -229,11 +237,7 @@ impl Engine {
         submit_impl(env, EngineRef::Open(self.inner.clone()), envelope, options)
     }
 
-    #[napi(
-        catch_unwind,
-        ts_args_type = "input: string | string[], options?: EmbedOptions",
-        ts_return_type = "Promise<Float32Array | Float32Array[]>"
-    )]
+    #[napi(catch_unwind, skip_typescript)]
     pub fn embed<'e>(
         &self,
         env: &'e Env,
@@ -248,11 +252,66 @@ impl Engine {
         health_impl(env, EngineRef::Open(self.inner.clone()))
     }
 
-    /// Stop accepting work; in-flight jobs finish or are cancelled; resources
-    /// (worker processes, GPU memory) are released. Idempotent.
-    #[napi(catch_unwind)]
-    pub async fn close(&self) -> Result<()> {
-        self.inner.close().await;
-        Ok(())
+    /// Stop admitting calls (new ones reject with `E_CLOSED`), wait up to
+    /// `drainMs` (default 30,000) for the calls in flight, cancel the rest
+    /// (`E_CANCELLED`), then release the worker processes and the model.
+    /// Idempotent.
+    #[napi(catch_unwind, ts_args_type = "options?: CloseOptions", ts_return_type = "Promise<void>")]
+    pub fn close<'e>(&self, env: &'e Env, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
+        let drain = close_options(options.map(|o| JsVal::new(env.raw(), o.value().value)));
+        let inner = self.inner.clone();
+        spawn_job(
+            env,
+            Ok(ParsedCall::default()),
+            move |_| async move {
+                inner.close(drain?).await;
+                Ok(())
+            },
+            |env, ()| ().into_unknown(env),
+        )
     }
+}
+
+/// Default drain time of `close()`.
+const DEFAULT_DRAIN_MS: f64 = 30_000.0;
+
+fn close_options(v: Option<JsVal>) -> std::result::Result<std::time::Duration, CoreError> {
+    let json = options_json(v)?;
+    let obj = match &json {
+        serde_json::Value::Null => return options::millis(DEFAULT_DRAIN_MS, "options.drainMs"),
+        serde_json::Value::Object(o) => o,
+        _ => return Err(cuda_engine_core::err!(InvalidArg, "`options` must be an object {{ drainMs? }}")),
+    };
+    options::check_keys(obj.keys().map(String::as_str), options::CLOSE_OPTIONS, "options")?;
+    match obj.get("drainMs") {
+        None | Some(serde_json::Value::Null) => options::millis(DEFAULT_DRAIN_MS, "options.drainMs"),
+        Some(v) => match v.as_f64() {
+            Some(ms) => options::millis(ms, "options.drainMs"),
+            None => Err(cuda_engine_core::err!(InvalidArg, "`options.drainMs` must be a number, got {v}")),
+        },
+    }
+}
+
+/// The option names of the one schema (crates/core/src/options.rs), for
+/// tools and tests: `{ engine, worker, call, embed, close }`.
+#[napi(
+    catch_unwind,
+    ts_return_type = "{ engine: string[]; worker: string[]; call: string[]; embed: string[]; close: string[] }"
+)]
+pub fn option_names() -> serde_json::Value {
+    serde_json::json!({
+        "engine": EngineOptions::field_names(),
+        "worker": WorkerOptions::field_names(),
+        "call": options::CALL_OPTIONS,
+        "embed": options::EMBED_OPTIONS,
+        "close": options::CLOSE_OPTIONS,
+    })
+}
+
+/// The error-code table, defined once in core: `[{ code, http_status, meaning }]`
+/// (the same as `docs/error-codes.json`). Services map codes to HTTP statuses
+/// with it instead of keeping their own copy.
+#[napi(catch_unwind, ts_return_type = "ErrorCodeInfo[]")]
+pub fn error_codes() -> serde_json::Value {
+    cuda_engine_core::ErrorCode::table_json()
 }

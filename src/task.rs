@@ -20,7 +20,8 @@ use napi::sys;
 use napi::JsError;
 use tokio_util::sync::CancellationToken;
 
-use crate::convert::{JsVal, ParsedCall};
+use crate::convert::{take_exception, JsVal, ParsedCall};
+use cuda_engine_core::err;
 use crate::error::to_napi;
 
 /// Polls the inner future inside `catch_unwind`, so a panic in a job becomes
@@ -47,56 +48,81 @@ struct SignalHook {
     listener: sys::napi_ref,
 }
 
-fn call_method(env: sys::napi_env, this: sys::napi_value, name: &std::ffi::CStr, args: &[sys::napi_value]) -> bool {
+/// Call `this[name](...args)`. Whatever the caller's object does (no such
+/// method, a throwing getter, a throwing method, a Proxy), the pending
+/// exception is cleared here so it never leaks into another call; the
+/// error names the method and what it threw.
+fn call_method(
+    env: sys::napi_env,
+    this: sys::napi_value,
+    name: &std::ffi::CStr,
+    args: &[sys::napi_value],
+) -> std::result::Result<(), CoreError> {
     let mut func = ptr::null_mut();
     let mut out = ptr::null_mut();
+    let mut kind = 0;
     // SAFETY: `this` is a live object on the JS thread; we look the method up
     // and call it with `this` as receiver.
-    unsafe {
+    let ok = unsafe {
         sys::napi_get_named_property(env, this, name.as_ptr(), &mut func) == sys::Status::napi_ok
+            && sys::napi_typeof(env, func, &mut kind) == sys::Status::napi_ok
+            && kind == sys::ValueType::napi_function
             && sys::napi_call_function(env, this, func, args.len(), args.as_ptr(), &mut out) == sys::Status::napi_ok
+    };
+    if ok {
+        return Ok(());
     }
+    let what = name.to_string_lossy();
+    Err(match take_exception(env) {
+        Some(msg) => err!(InvalidArg, "`options.signal.{what}` threw: {msg}"),
+        None => err!(InvalidArg, "`options.signal.{what}` is not a function: is it an AbortSignal?"),
+    })
+}
+
+fn js_string(env: sys::napi_env, s: &std::ffi::CStr) -> sys::napi_value {
+    let mut out = ptr::null_mut();
+    // SAFETY: JS thread; a NUL-terminated constant. On failure `out` stays
+    // null and the call using it fails with a checked status.
+    unsafe { sys::napi_create_string_utf8(env, s.as_ptr(), s.count_bytes() as isize, &mut out) };
+    out
 }
 
 impl SignalHook {
-    fn install(env: &Env, signal: JsVal, token: CancellationToken) -> napi::Result<SignalHook> {
-        let listener = env.create_function_from_closure::<(), (), _>("cudaEngineAbort", move |_| {
-            token.cancel();
-            Ok(())
-        })?;
+    fn install(env: &Env, signal: JsVal, token: CancellationToken) -> std::result::Result<SignalHook, CoreError> {
+        let listener = env
+            .create_function_from_closure::<(), (), _>("cudaEngineAbort", move |_| {
+                token.cancel();
+                Ok(())
+            })
+            .map_err(|e| CoreError::internal(format!("cannot create the abort listener: {e}")))?;
         let listener_raw = listener.value().value;
         let raw_env = env.raw();
-        let mut event = ptr::null_mut();
-        // SAFETY: JS thread, valid env.
-        unsafe { sys::napi_create_string_utf8(raw_env, c"abort".as_ptr(), 5, &mut event) };
-        if !call_method(raw_env, signal.raw(), c"addEventListener", &[event, listener_raw]) {
-            return Err(napi::Error::new(
-                Status::InvalidArg,
-                "options.signal.addEventListener failed: is it an AbortSignal?",
-            ));
-        }
+        call_method(raw_env, signal.raw(), c"addEventListener", &[js_string(raw_env, c"abort"), listener_raw])?;
         let mut signal_ref = ptr::null_mut();
         let mut listener_ref = ptr::null_mut();
         // SAFETY: references keep both values alive until `remove`.
-        unsafe {
-            sys::napi_create_reference(raw_env, signal.raw(), 1, &mut signal_ref);
-            sys::napi_create_reference(raw_env, listener_raw, 1, &mut listener_ref);
+        let ok = unsafe {
+            sys::napi_create_reference(raw_env, signal.raw(), 1, &mut signal_ref) == sys::Status::napi_ok
+                && sys::napi_create_reference(raw_env, listener_raw, 1, &mut listener_ref) == sys::Status::napi_ok
+        };
+        if !ok {
+            return Err(CoreError::internal("cannot keep a reference to the AbortSignal"));
         }
         Ok(SignalHook { env: raw_env, signal: signal_ref, listener: listener_ref })
     }
 
-    /// Must run on the JS thread (the settle callback does).
+    /// Must run on the JS thread (the settle callback does). A throwing
+    /// `removeEventListener` is the caller's problem: it is cleared and
+    /// ignored, never stopping the other settlements of the batch.
     fn remove(self) {
         let mut signal = ptr::null_mut();
         let mut listener = ptr::null_mut();
-        let mut event = ptr::null_mut();
         // SAFETY: JS thread; the refs were created in `install` and are deleted once here.
         unsafe {
             sys::napi_get_reference_value(self.env, self.signal, &mut signal);
             sys::napi_get_reference_value(self.env, self.listener, &mut listener);
-            sys::napi_create_string_utf8(self.env, c"abort".as_ptr(), 5, &mut event);
             if !signal.is_null() && !listener.is_null() {
-                call_method(self.env, signal, c"removeEventListener", &[event, listener]);
+                let _ = call_method(self.env, signal, c"removeEventListener", &[js_string(self.env, c"abort"), listener]);
             }
             sys::napi_delete_reference(self.env, self.signal);
             sys::napi_delete_reference(self.env, self.listener);
@@ -209,12 +235,24 @@ unsafe extern "C" fn completer_drain(
         }
         let settled = catch_unwind(AssertUnwindSafe(|| (p.settle)(&js_env, outcome)))
             .unwrap_or_else(|payload| Err(to_napi(&js_env, CoreError::from_panic(payload, "building a result"))));
+        // Building the value may have left an exception pending (a user's
+        // getter during conversion): clear it so this and every later job of
+        // the batch still settles.
+        let _ = take_exception(env);
         // SAFETY: each deferred is settled exactly once, here.
         unsafe {
-            match settled {
+            let status = match settled {
                 Ok(value) => sys::napi_resolve_deferred(env, p.deferred, value),
                 Err(err) => sys::napi_reject_deferred(env, p.deferred, JsError::from(err).into_value(env)),
             };
+            if status != sys::Status::napi_ok {
+                // Settling cannot fail for a live deferred; if it ever does,
+                // clear what it left and reject with the internal code so the
+                // Promise still settles (a deferred is freed by settling).
+                let _ = take_exception(env);
+                let e = to_napi(&js_env, CoreError::internal(format!("settling a Promise failed (status {status})")));
+                sys::napi_reject_deferred(env, p.deferred, JsError::from(e).into_value(env));
+            }
             sys::napi_close_handle_scope(env, scope);
         }
     }
@@ -290,13 +328,17 @@ where
         Ok(p) => (p, None),
         Err(e) => (ParsedCall::default(), Some(e)),
     };
-    let ParsedCall { call, signal, already_aborted } = parsed;
+    let ParsedCall { call, signal, already_aborted, .. } = parsed;
     if already_aborted {
         call.cancel.cancel();
     }
-    let hook = match signal {
-        Some(s) if !already_aborted => Some(SignalHook::install(env, s, call.cancel.clone())?),
-        _ => None,
+    // A signal that cannot be hooked fails this call alone (rejects).
+    let (hook, bad_options) = match signal {
+        Some(s) if !already_aborted && bad_options.is_none() => match SignalHook::install(env, s, call.cancel.clone()) {
+            Ok(h) => (Some(h), None),
+            Err(e) => (None, Some(e)),
+        },
+        _ => (None, bad_options),
     };
     let raw = env.raw();
     let mut deferred = ptr::null_mut();

@@ -32,6 +32,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -71,10 +72,18 @@ pub struct QueueStats {
 /// request order.
 pub type BatchReply = Result<Vec<Vec<f32>>>;
 
-/// [`Batcher::submit_tensors`]' answer: per sequence, in request order, the
-/// pooled (not normalized) vector and the last hidden state rows
-/// (`[len, hidden]` row-major; empty unless asked for).
-pub type TensorReply = Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)>;
+/// [`Batcher::submit_tensors`]' answer.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    /// Per sequence, in request order, the pooled (not normalized) vector.
+    pub pooled: Vec<Vec<f32>>,
+    /// The last hidden state rows (`[len, hidden]` row-major; empty unless asked for).
+    pub hidden: Vec<Vec<f32>>,
+    /// How long the request waited in the queue before its first batch ran.
+    pub queued: Duration,
+}
+
+pub type TensorReply = Result<BatchOutput>;
 
 struct Request {
     seqs: Vec<Encoded>,
@@ -84,6 +93,8 @@ struct Request {
     want_hidden: bool,
     cancel: CancellationToken,
     reply: oneshot::Sender<TensorReply>,
+    /// When the request was sent (for `BatchOutput::queued`).
+    sent: Instant,
 }
 
 struct Counters {
@@ -132,7 +143,7 @@ impl Batcher {
     /// order). `E_OVERLOADED` when the queue is full, `E_CANCELLED` when
     /// `cancel` fires first.
     pub async fn submit(&self, seqs: Vec<Encoded>, cancel: CancellationToken) -> BatchReply {
-        self.submit_tensors(seqs, false, cancel).await.map(|(pooled, _)| pooled)
+        self.submit_tensors(seqs, false, cancel).await.map(|out| out.pooled)
     }
 
     /// Like [`Batcher::submit`], and with `want_hidden` also each sequence's
@@ -145,7 +156,7 @@ impl Batcher {
     ) -> TensorReply {
         let n = seqs.len();
         if n == 0 {
-            return Ok((Vec::new(), Vec::new()));
+            return Ok(BatchOutput::default());
         }
         if cancel.is_cancelled() {
             return Err(CoreError::cancelled());
@@ -161,7 +172,7 @@ impl Batcher {
                 )
             })?;
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request { seqs, want_hidden, cancel: cancel.clone(), reply }).is_err() {
+        if self.tx.send(Request { seqs, want_hidden, cancel: cancel.clone(), reply, sent: Instant::now() }).is_err() {
             self.counters.depth.fetch_sub(n, Ordering::AcqRel);
             return Err(err!(Internal, "the embedding batcher has stopped"));
         }
@@ -182,6 +193,8 @@ struct Pending {
     /// Last hidden state rows per sequence (filled only when `want_hidden`).
     hidden: Vec<Vec<f32>>,
     failed: bool,
+    /// Queue wait until the first of its sequences entered a batch.
+    queued: Option<Duration>,
 }
 
 struct Actor {
@@ -202,6 +215,7 @@ impl Actor {
             out: vec![Vec::new(); n],
             hidden: vec![Vec::new(); n],
             failed: false,
+            queued: None,
         });
     }
 
@@ -250,6 +264,7 @@ impl Actor {
                 }
                 batch.push(&s.ids, &s.type_ids);
                 want_hidden |= p.req.want_hidden;
+                p.queued.get_or_insert_with(|| p.req.sent.elapsed());
                 owners.push((qi, p.next));
                 p.next += 1;
                 tokens += len;
@@ -326,7 +341,8 @@ impl Actor {
                     if failed {
                         counters.depth.fetch_sub(p.req.seqs.len() - p.next, Ordering::AcqRel);
                     } else {
-                        let _ = p.req.reply.send(Ok((p.out, p.hidden)));
+                        let queued = p.queued.unwrap_or_default();
+                        let _ = p.req.reply.send(Ok(BatchOutput { pooled: p.out, hidden: p.hidden, queued }));
                     }
                 }
             } else {

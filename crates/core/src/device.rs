@@ -8,6 +8,29 @@ use serde::Serialize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 
+/// Which device local compute should use (`EngineOptions.device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevicePreference {
+    /// CUDA when a device initialises, else the CPU (health says why).
+    #[default]
+    Auto,
+    Cpu,
+    /// CUDA or fail with `E_CUDA_UNAVAILABLE`; `Some(i)` pins device `i`.
+    Cuda(Option<usize>),
+}
+
+impl DevicePreference {
+    /// `'auto'`, `'cpu'` or `'cuda'` (a device index is a number, not a string).
+    pub fn parse(s: &str) -> Option<DevicePreference> {
+        match s {
+            "auto" => Some(DevicePreference::Auto),
+            "cpu" => Some(DevicePreference::Cpu),
+            "cuda" => Some(DevicePreference::Cuda(None)),
+            _ => None,
+        }
+    }
+}
+
 /// One CUDA device as `health().devices` reports it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DeviceInfo {
@@ -26,6 +49,9 @@ pub struct CudaProbe {
     pub devices: Vec<DeviceInfo>,
     /// Why CUDA is not available (library missing, no device, init error).
     pub reason: Option<String>,
+    /// The driver reports at least one device (usable or not): a GPU that is
+    /// present but failed to start makes health `degraded`.
+    pub present: bool,
     contexts: Vec<Arc<cudarc::driver::CudaContext>>,
 }
 
@@ -42,7 +68,7 @@ pub fn probe() -> &'static CudaProbe {
 
 impl CudaProbe {
     fn unavailable(reason: String) -> CudaProbe {
-        CudaProbe { available: false, devices: Vec::new(), reason: Some(reason), contexts: Vec::new() }
+        CudaProbe { available: false, devices: Vec::new(), reason: Some(reason), present: false, contexts: Vec::new() }
     }
 
     /// The devices with their current free memory (re-read on each call).
@@ -100,5 +126,6 @@ fn probe_uncached() -> CudaProbe {
         }
     }
     let available = !devices.is_empty();
-    CudaProbe { available, devices, reason: if errors.is_empty() { None } else { Some(errors.join("; ")) }, contexts }
+    let reason = if errors.is_empty() { None } else { Some(errors.join("; ")) };
+    CudaProbe { available, devices, reason, present: true, contexts }
 }

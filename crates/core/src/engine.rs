@@ -2,131 +2,39 @@
 //! cancellation, `health`. The N-API layer and the `cuda-worker` binary both
 //! drive the engine through this type.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::device::DevicePreference;
 use crate::discovery::{self, DiscoveryEnv};
+use crate::embedder::{EmbedOptions, Embedder};
 use crate::envelope::{self, Encoding, Envelope, Limits, Payload, RawEnvelope};
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
-use crate::health::{Health, QueueHealth, Status};
+use crate::health::{Health, QueueHealth, Status, WorkerStatus};
 use crate::infer::{self, InferRequest, InferResponse, ModelMetadata};
 use crate::jobs::{BackendKind, JobOutput, JobResult, JobType, Target, Timings};
-use crate::model::{EmbedOptions, Embedder, EmbedderOptions};
+pub use crate::options::{EngineConfig, ModelLoading};
 use crate::worker::{Worker, WorkerConfig, WorkerMode};
 
 /// Envelopes bigger than this are decoded on a blocking thread so a 64 MiB
 /// base64 payload never stalls the async workers.
 const INLINE_DECODE_BYTES: usize = 1 << 20;
 
-/// Which device local compute should use (`EngineOptions.device`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DevicePreference {
-    /// CUDA when a device initialises, else the CPU (health says why).
-    #[default]
-    Auto,
-    Cpu,
-    /// CUDA or fail with `E_CUDA_UNAVAILABLE`; `Some(i)` pins device `i`.
-    Cuda(Option<usize>),
-}
-
-/// Engine options, read from the JS `EngineOptions` object (camelCase).
-/// Sections owned by other modules (`worker`, model options) are kept as
-/// JSON and parsed by those modules.
-#[derive(Debug, Clone)]
-pub struct EngineOptions {
-    pub limits: Limits,
-    /// Most jobs admitted at once (queued or running) before `E_OVERLOADED`.
-    pub max_in_flight: usize,
-    pub device: DevicePreference,
-    /// Base directory for worker discovery and relative paths (default: cwd).
-    pub base_dir: PathBuf,
-    /// `EngineOptions.worker`, as given (string path or object), if any.
-    pub worker: Option<Value>,
-    /// The whole options object, for sections parsed elsewhere (model, dtype).
-    pub raw: Value,
-}
-
-impl Default for EngineOptions {
-    fn default() -> Self {
-        EngineOptions {
-            limits: Limits::default(),
-            max_in_flight: 65_536,
-            device: DevicePreference::Auto,
-            base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
-            worker: None,
-            raw: Value::Object(Default::default()),
-        }
-    }
-}
-
-fn opt_usize(obj: &serde_json::Map<String, Value>, key: &str, min: u64) -> Result<Option<usize>> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= min => Ok(Some(n as usize)),
-            _ => Err(err!(InvalidArg, "`options.{key}` must be an integer >= {min}, got {v}")),
-        },
-    }
-}
-
-impl EngineOptions {
-    pub fn from_json(value: &Value) -> Result<EngineOptions> {
-        let mut opts = EngineOptions::default();
-        let obj = match value {
-            Value::Null => return Ok(opts),
-            Value::Object(obj) => obj,
-            other => return Err(err!(InvalidArg, "`options` must be an object, got {other}")),
-        };
-        opts.raw = value.clone();
-        if let Some(n) = opt_usize(obj, "maxEnvelopeBytes", 1)? {
-            opts.limits.max_envelope_bytes = n;
-        }
-        if let Some(n) = opt_usize(obj, "maxJsonDepth", 1)? {
-            opts.limits.max_json_depth = n;
-        }
-        if let Some(n) = opt_usize(obj, "maxInFlight", 1)? {
-            opts.max_in_flight = n;
-        }
-        opts.device = match obj.get("device") {
-            None | Some(Value::Null) => DevicePreference::Auto,
-            Some(Value::String(s)) => match s.as_str() {
-                "auto" => DevicePreference::Auto,
-                "cpu" => DevicePreference::Cpu,
-                "cuda" => DevicePreference::Cuda(None),
-                other => {
-                    return Err(err!(
-                        InvalidArg,
-                        "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {other:?}"
-                    ))
-                }
-            },
-            Some(Value::Number(n)) if n.as_u64().is_some() => DevicePreference::Cuda(n.as_u64().map(|i| i as usize)),
-            Some(other) => {
-                return Err(err!(
-                    InvalidArg,
-                    "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {other}"
-                ))
-            }
-        };
-        match obj.get("baseDir") {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) => opts.base_dir = PathBuf::from(s),
-            Some(other) => return Err(err!(InvalidArg, "`options.baseDir` must be a string, got {other}")),
-        }
-        opts.worker = obj.get("worker").filter(|v| !v.is_null()).cloned();
-        Ok(opts)
-    }
-}
+/// How long `close` waits for cancelled calls to unwind after the drain
+/// deadline (they only need to drop their futures).
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// Per-call options (`CallOptions` in JS).
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
+    /// When the caller made the call (the binding sets it on the JS thread);
+    /// `timings_ms.queue` and `total` count from here. None: from admission.
+    pub issued: Option<Instant>,
     /// Reject with a timeout code once this has passed (None: no limit).
     pub timeout: Option<Duration>,
     /// Fired by the caller's AbortSignal.
@@ -161,15 +69,26 @@ impl EnvelopeInput {
 }
 
 /// The engine. Cheap to share (`Arc<Engine>`); all methods take `&self`.
+///
+/// Lifecycle: `open` → calls are admitted (at most `maxInFlight` at once) →
+/// `close(drain)` stops admitting (`E_CLOSED`), waits up to `drain` for the
+/// admitted calls, cancels the rest (`E_CANCELLED`), stops the worker and
+/// drops the model (its memory is freed once no call holds it).
 pub struct Engine {
-    options: EngineOptions,
+    config: EngineConfig,
     admitted: AtomicUsize,
     closed: AtomicBool,
-    embedder_options: EmbedderOptions,
-    /// Loaded on first use (or at open when `options.model` is given).
-    embedder: tokio::sync::OnceCell<Arc<Embedder>>,
+    /// Wakes `close` when the last admitted call finishes.
+    idle: tokio::sync::Notify,
+    /// Fired by `close` after the drain deadline: every call still running
+    /// ends with `E_CANCELLED`.
+    shutdown: CancellationToken,
+    /// The loaded model (None until loaded, and again after `close`).
+    embedder: Mutex<Option<Arc<Embedder>>>,
+    /// Serializes model loading (one load at a time, the rest wait for it).
+    loading: tokio::sync::Mutex<()>,
     /// Why the last model load failed (health reports it).
-    model_error: std::sync::Mutex<Option<String>>,
+    model_error: Mutex<Option<String>>,
     /// The external worker: created at open when `options.worker` is set,
     /// or on the first `target: 'worker'` call through discovery.
     worker: tokio::sync::OnceCell<Arc<Worker>>,
@@ -181,20 +100,32 @@ enum Route {
     Worker(Arc<Worker>),
 }
 
-/// Holds one admission slot; released on drop (also when a call is cancelled).
-struct Admission<'a>(&'a AtomicUsize);
+/// Holds one admission slot; released on drop (also when a call is
+/// cancelled), waking a draining `close` when it was the last.
+struct Admission<'a>(&'a Engine);
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent
+    // (plain assignments), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Engine {
-    /// Open an engine. Blocking (later: loads the model); call it from a
-    /// blocking thread.
-    pub fn open(options: EngineOptions) -> Result<Arc<Engine>> {
-        if let DevicePreference::Cuda(index) = options.device {
+    /// Open an engine. Blocking (may load the model): call it from a
+    /// blocking thread. A model named by `options.model` or
+    /// `CUDA_ENGINE_MODEL` is loaded now, so a bad one rejects `open` with
+    /// `E_MODEL`; otherwise it loads on first use, and when none is found
+    /// the engine still opens (worker routing works; `embed` is `E_MODEL`).
+    pub fn open(config: EngineConfig) -> Result<Arc<Engine>> {
+        if let DevicePreference::Cuda(index) = config.device {
             let probe = crate::device::probe();
             let wanted = index.unwrap_or(0);
             if !probe.available || probe.context(wanted).is_none() {
@@ -205,44 +136,50 @@ impl Engine {
                 ));
             }
         }
-        let embedder_options = EmbedderOptions::from_json(&options.raw)?;
         let worker = tokio::sync::OnceCell::new();
-        if let Some(spec) = &options.worker {
-            let cfg = WorkerConfig::from_json(spec, &options.base_dir)?;
-            let _ = worker.set(Arc::new(Worker::new(cfg)?));
+        if let Some(cfg) = &config.worker {
+            let _ = worker.set(Arc::new(Worker::new(cfg.clone())?));
         }
+        let named = config.embedder.model_dir.is_some() || crate::model::model_named_by_env();
+        let load_now = named && config.model_loading == ModelLoading::WhenNamed;
         let engine = Engine {
-            options,
+            config,
             admitted: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            embedder_options,
-            embedder: tokio::sync::OnceCell::new(),
-            model_error: std::sync::Mutex::new(None),
+            idle: tokio::sync::Notify::new(),
+            shutdown: CancellationToken::new(),
+            embedder: Mutex::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            model_error: Mutex::new(None),
             worker,
         };
-        // An explicitly named model is loaded now so a bad path fails `open`.
-        if engine.embedder_options.model_dir.is_some() {
-            let embedder = Embedder::open(engine.embedder_options.clone())?;
-            let _ = engine.embedder.set(embedder);
+        if load_now {
+            let embedder = Embedder::open(engine.config.embedder.clone())?;
+            *lock(&engine.embedder) = Some(embedder);
         }
         Ok(Arc::new(engine))
     }
 
     /// The embedding model, loaded on first use (on a blocking thread).
     pub async fn embedder(&self) -> Result<Arc<Embedder>> {
-        let loaded = self
-            .embedder
-            .get_or_try_init(|| async {
-                let opts = self.embedder_options.clone();
-                tokio::task::spawn_blocking(move || Embedder::open(opts))
-                    .await
-                    .map_err(|e| CoreError::internal(format!("model loading task failed: {e}")))?
-            })
-            .await;
-        if let Ok(mut last) = self.model_error.lock() {
-            *last = loaded.as_ref().err().map(|e| e.clone_flat().to_string());
+        if let Some(e) = lock(&self.embedder).clone() {
+            return Ok(e);
         }
-        loaded.cloned()
+        let _one_load = self.loading.lock().await;
+        if let Some(e) = lock(&self.embedder).clone() {
+            return Ok(e);
+        }
+        if self.is_closed() {
+            return Err(err!(Closed, "this Engine is closed; open a new one"));
+        }
+        let opts = self.config.embedder.clone();
+        let loaded = tokio::task::spawn_blocking(move || Embedder::open(opts))
+            .await
+            .map_err(|e| CoreError::internal(format!("model loading task failed: {e}")))?;
+        *lock(&self.model_error) = loaded.as_ref().err().map(|e| e.clone_flat().to_string());
+        let embedder = loaded?;
+        *lock(&self.embedder) = Some(embedder.clone());
+        Ok(embedder)
     }
 
     /// The configured worker, or one found by discovery for an explicit
@@ -250,7 +187,7 @@ impl Engine {
     async fn worker_for_explicit_target(&self) -> Result<Arc<Worker>> {
         self.worker
             .get_or_try_init(|| async {
-                let cfg = WorkerConfig::new(&self.options.base_dir, WorkerMode::Oneshot);
+                let cfg = WorkerConfig::new(&self.config.base_dir, WorkerMode::Oneshot);
                 Worker::new(cfg).map(Arc::new)
             })
             .await
@@ -264,32 +201,41 @@ impl Engine {
             return Err(CoreError::cancelled());
         }
         let cancel = call.cancel.clone();
-        with_deadline(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call, ErrorCode::Timeout)
-            .await
+        self.guard(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call).await
     }
 
-    pub fn options(&self) -> &EngineOptions {
-        &self.options
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
     }
 
     pub fn limits(&self) -> &Limits {
-        &self.options.limits
+        &self.config.limits
     }
 
     fn admit(&self) -> Result<Admission<'_>> {
         if self.closed.load(Ordering::Acquire) {
-            return Err(err!(InvalidArg, "this Engine is closed; open a new one"));
+            return Err(err!(Closed, "this Engine is closed; open a new one"));
         }
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
-        let slot = Admission(&self.admitted);
-        if prev >= self.options.max_in_flight {
+        let slot = Admission(self);
+        if prev >= self.config.max_in_flight {
             return Err(err!(
                 Overloaded,
                 "{prev} jobs are already in flight (EngineOptions.maxInFlight = {}); retry later",
-                self.options.max_in_flight
+                self.config.max_in_flight
             ));
         }
         Ok(slot)
+    }
+
+    /// Run `fut` under the call's timeout and AbortSignal and the engine's
+    /// shutdown (a `close` whose drain time ran out cancels it).
+    async fn guard<T>(&self, fut: impl std::future::Future<Output = Result<T>>, call: &CallOptions) -> Result<T> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(err!(Cancelled, "the engine was closed before this call finished (its drain time ran out)")),
+            r = with_deadline(fut, call, ErrorCode::Timeout) => r,
+        }
     }
 
     /// Decode an envelope and run its job, honouring the call's timeout,
@@ -300,25 +246,31 @@ impl Engine {
             return Err(CoreError::cancelled());
         }
         let start = Instant::now();
-        let envelope = with_deadline(self.decode(input), &call, ErrorCode::Timeout).await?;
+        let issued = call.issued.unwrap_or(start);
+        let envelope = self.guard(self.decode(input), &call).await?;
         let decode_ms = ms(start.elapsed());
         let job = JobType::parse(&envelope.job_type);
         let mut result = match self.route(&job, &envelope.payload, call.target).await? {
-            Route::Local => with_deadline(self.run_local(job, envelope, &call), &call, ErrorCode::Timeout).await?,
+            Route::Local => self.guard(self.run_local(job, envelope, &call), &call).await?,
             Route::Worker(worker) => {
                 // The worker enforces the timeout itself (E_WORKER_TIMEOUT)
                 // and kills its process group; give it what is left.
                 let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
-                worker.run(&envelope, remaining, call.cancel.clone()).await?
+                let untimed = CallOptions { timeout: None, ..call.clone() };
+                self.guard(worker.run(&envelope, remaining, call.cancel.clone()), &untimed).await?
             }
         };
+        // Waiting before the engine picked the call up counts as queueing
+        // (runtime scheduling, admission), plus any wait inside the job
+        // (the batching queue for embeddings).
+        result.timings.queue += ms(start.saturating_duration_since(issued));
         result.timings.decode = decode_ms;
-        result.timings.total = ms(start.elapsed());
+        result.timings.total = ms(issued.elapsed());
         Ok(result)
     }
 
     async fn decode(&self, input: EnvelopeInput) -> Result<Envelope> {
-        let limits = self.options.limits;
+        let limits = self.config.limits;
         if input.approx_len() > INLINE_DECODE_BYTES {
             tokio::task::spawn_blocking(move || input.decode(&limits))
                 .await
@@ -368,6 +320,7 @@ impl Engine {
 
     async fn run_local(&self, job: JobType, envelope: Envelope, call: &CallOptions) -> Result<JobResult> {
         let started = Instant::now();
+        let mut queued = Duration::ZERO;
         let (output, encoding, backend) = match job {
             JobType::Echo => {
                 let output = match envelope.payload {
@@ -379,7 +332,8 @@ impl Engine {
             JobType::Embedding => {
                 let (texts, opts) = embedding_request(envelope.payload)?;
                 let embedder = self.embedder().await?;
-                let vectors = embedder.embed(texts, opts, call.cancel.clone()).await?;
+                let (vectors, waited) = embedder.embed_timed(texts, opts, call.cancel.clone()).await?;
+                queued = waited;
                 let info = embedder.info();
                 let backend = if info.backend == "cuda" { BackendKind::Cuda } else { BackendKind::Cpu };
                 let result = serde_json::json!({ "model": info.name, "dims": info.dims, "embeddings": vectors });
@@ -417,7 +371,11 @@ impl Engine {
             backend,
             output,
             encoding,
-            timings: Timings { run: ms(started.elapsed()), ..Timings::default() },
+            timings: Timings {
+                queue: ms(queued),
+                run: ms(started.elapsed().saturating_sub(queued)),
+                ..Timings::default()
+            },
         })
     }
 
@@ -431,9 +389,7 @@ impl Engine {
             return Err(CoreError::cancelled());
         }
         let start = Instant::now();
-        let route =
-            with_deadline(self.route_inference(req.model_name.as_deref(), call.target), &call, ErrorCode::Timeout)
-                .await?;
+        let route = self.guard(self.route_inference(req.model_name.as_deref(), call.target), &call).await?;
         match route {
             Route::Local => {
                 // The deadline counts from the call, not from here (routing
@@ -443,12 +399,7 @@ impl Engine {
                     ..call.clone()
                 };
                 let cancel = call.cancel.clone();
-                with_deadline(
-                    async { infer::run(&self.embedder().await?, req, cancel).await },
-                    &rest,
-                    ErrorCode::Timeout,
-                )
-                .await
+                self.guard(async { infer::run(&self.embedder().await?, req, cancel).await }, &rest).await
             }
             Route::Worker(worker) => {
                 let envelope = Envelope {
@@ -459,7 +410,8 @@ impl Engine {
                 };
                 // As in submit: the worker enforces what is left of the timeout.
                 let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
-                match worker.run(&envelope, remaining, call.cancel.clone()).await?.output {
+                let untimed = CallOptions { timeout: None, ..call.clone() };
+                match self.guard(worker.run(&envelope, remaining, call.cancel.clone()), &untimed).await?.output {
                     JobOutput::Json(v) => InferResponse::from_json(&v),
                     JobOutput::Bytes(b) => Err(err!(
                         WorkerProtocol,
@@ -505,73 +457,121 @@ impl Engine {
     }
 
     /// The health report. Blocking on first use (probes CUDA).
+    ///
+    /// `status` (docs/design.md "Health"): `error` when the engine is closed
+    /// or a sticky CUDA fault poisoned the backend; `degraded` when something
+    /// asked for or present failed — a GPU the driver reports that did not
+    /// start, a model that failed to load, a persistent worker that is down;
+    /// otherwise `ok`, also on a CPU-only host that chose the CPU (why CUDA is
+    /// not used stays in `errors`), so readiness probes can use it.
     pub fn health(&self) -> Health {
         let probe = crate::device::probe();
         let mut errors = Vec::new();
         let mut status = Status::Ok;
+        let degrade = |status: &mut Status| {
+            if *status == Status::Ok {
+                *status = Status::Degraded;
+            }
+        };
         if let Some(reason) = &probe.reason {
             errors.push(format!("cuda: {reason}"));
+            if probe.present {
+                degrade(&mut status);
+            }
         }
-        if let Some(e) = self.model_error.lock().ok().and_then(|g| g.clone()) {
-            status = Status::Degraded;
+        if let Some(e) = lock(&self.model_error).clone() {
+            degrade(&mut status);
             errors.push(format!("model: {e}"));
         }
-        let embedder = self.embedder.get();
-        let backend_status = embedder.map(|e| e.backend_status());
-        if let Some(note) = embedder.and_then(|e| e.backend_note()) {
-            // `device: 'auto'` fell back to the CPU: serving, but not as asked.
-            status = Status::Degraded;
+        let embedder = lock(&self.embedder).clone();
+        let backend_status = embedder.as_ref().map(|e| e.backend_status());
+        if let Some(note) = embedder.as_ref().and_then(|e| e.backend_note()) {
+            // `auto` fell back to the CPU: only a failure when a GPU is there.
+            if probe.present {
+                degrade(&mut status);
+            }
             errors.push(format!("device: {note}"));
         }
         if let Some(fault) = backend_status.as_ref().and_then(|b| b.fault.clone()) {
             status = Status::Error;
             errors.push(format!("cuda: {fault}"));
         }
-        if self.closed.load(Ordering::Acquire) {
+        let denv = DiscoveryEnv::from_process();
+        let cuda_path =
+            discovery::candidates(&self.config.base_dir, &denv).iter().map(|p| p.display().to_string()).collect();
+        let worker = match self.worker.get() {
+            Some(w) => {
+                let h = w.health();
+                if h.mode == WorkerMode::Persistent && !h.running && h.restarts > 0 {
+                    degrade(&mut status);
+                    errors.push(format!("worker: no persistent worker is running ({} restarts so far)", h.restarts));
+                }
+                WorkerStatus::from(h)
+            }
+            // No worker yet: show what discovery would use.
+            None => WorkerStatus::discovered(discovery::find_worker(&self.config.base_dir, &denv).ok()),
+        };
+        if self.is_closed() {
             status = Status::Error;
             errors.push("engine: closed".into());
         }
-        let denv = DiscoveryEnv::from_process();
-        let cuda_path =
-            discovery::candidates(&self.options.base_dir, &denv).iter().map(|p| p.display().to_string()).collect();
-        let worker = match self.worker.get() {
-            Some(w) => serde_json::to_value(w.health()).unwrap_or(Value::Null),
-            None => {
-                // No worker yet: show what discovery would use.
-                let found = discovery::find_worker(&self.options.base_dir, &denv).ok();
-                serde_json::json!({
-                    "path": found.as_ref().map(|(p, _)| p.display().to_string()),
-                    "source": found.as_ref().map(|(_, s)| s.as_str()),
-                    "mode": null, "running": false, "restarts": 0, "in_flight": 0
-                })
-            }
-        };
         Health {
             status,
             version: crate::VERSION,
             cuda_available: probe.available,
-            backend: match embedder.map(|e| e.info().backend) {
-                Some(b) if b == "cuda" => "cuda",
-                _ => "cpu",
+            backend: match &embedder {
+                Some(e) if e.info().backend == "cuda" => BackendKind::Cuda,
+                _ => BackendKind::Cpu,
             },
             cuda_path,
             worker,
             devices: probe.devices_now(),
-            model: embedder.map_or(Value::Null, |e| serde_json::to_value(e.info()).unwrap_or(Value::Null)),
-            compute: backend_status.map_or(Value::Null, |b| serde_json::to_value(b).unwrap_or(Value::Null)),
+            model: embedder.as_ref().map(|e| e.info()),
+            compute: backend_status,
             queue: QueueHealth {
-                depth: embedder.map_or(0, |e| e.queue_stats().depth),
+                depth: embedder.as_ref().map_or(0, |e| e.queue_stats().depth),
                 in_flight: self.admitted.load(Ordering::Acquire),
             },
             errors,
         }
     }
 
-    /// Stop accepting work and release resources. Idempotent.
-    pub async fn close(&self) {
+    /// Stop admitting calls (new ones get `E_CLOSED`), wait up to `drain`
+    /// for the admitted ones, cancel what is still running (`E_CANCELLED`),
+    /// stop the worker and drop the model. Idempotent; concurrent closes all
+    /// return once the engine is shut.
+    pub async fn close(&self, drain: Duration) {
         self.closed.store(true, Ordering::Release);
+        if !self.wait_idle(drain).await {
+            self.shutdown.cancel();
+            self.wait_idle(CANCEL_GRACE).await;
+        }
         if let Some(worker) = self.worker.get() {
             worker.shutdown().await;
+        }
+        // The model's memory (weights, GPU workspaces) goes once no call
+        // holds the embedder any more.
+        let _serialized = self.loading.lock().await;
+        lock(&self.embedder).take();
+    }
+
+    /// Wait until no call is admitted, at most `limit`; true when idle.
+    async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a call finishing in between
+            // still wakes us.
+            notified.as_mut().enable();
+            if self.admitted.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = &mut deadline => return self.admitted.load(Ordering::Acquire) == 0,
+            }
         }
     }
 

@@ -5,96 +5,85 @@
 
 use std::fmt;
 
-/// Stable error codes (DESIGN.md "Error codes"). The string form is the
-/// public contract: never rename a variant's string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    InvalidArg,
-    Envelope,
-    BadBase64,
-    BadJson,
-    Decode,
-    TooLarge,
-    TooDeep,
-    TooLong,
-    UnknownType,
-    UnknownModel,
-    Model,
-    WorkerNotFound,
-    WorkerSpawn,
-    WorkerTimeout,
-    WorkerExit,
-    WorkerProtocol,
-    OutputLimit,
-    Cancelled,
+/// The error-code table (DESIGN.md "Error codes"): every code's string, its
+/// meaning and its HTTP status, defined once. The JS binding exports it as
+/// `errorCodes`, `docs/error-codes.json` is generated from it (a test keeps
+/// them equal) and the README table, the HTTP service and the Go package read
+/// it from there. The string form is the public contract: never rename one.
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident = $code:literal, $http:literal, $meaning:literal; )*) => {
+        /// Stable error codes; see the table in [`error_codes!`]'s invocation.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            /// The stable string (`E_…`), what JS sees as `err.code`.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            /// The HTTP status a service answers with for this code.
+            pub const fn http_status(self) -> u16 {
+                match self { $(ErrorCode::$variant => $http,)* }
+            }
+
+            /// One line saying when the code is used.
+            pub const fn meaning(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $meaning,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidArg = "E_INVALID_ARG", 400, "an argument or option has the wrong type or value, or an unknown key (names it)";
+    Envelope = "E_ENVELOPE", 400, "envelope shape: both/neither payload, missing `type`, not an object";
+    BadBase64 = "E_BAD_BASE64", 400, "`payload_b64` is not base64 (names the offset)";
+    BadJson = "E_BAD_JSON", 400, "text that must be JSON is not (line, column)";
+    Decode = "E_DECODE", 400, "CBOR / MessagePack payload does not decode";
+    TooLarge = "E_TOO_LARGE", 413, "over a size limit (envelope, texts per call, elements per array)";
+    TooDeep = "E_TOO_DEEP", 400, "JSON (or a JS object) nested deeper than the limit, or cyclic";
+    TooLong = "E_TOO_LONG", 400, "a text over the model's tokens with `truncate: false` (names its index)";
+    UnknownType = "E_UNKNOWN_TYPE", 404, "no local runner and no worker for this job type";
+    UnknownModel = "E_UNKNOWN_MODEL", 404, "the requested model is not loaded and no worker is configured";
+    Model = "E_MODEL", 503, "no model, or model files missing or malformed (names file and field)";
+    WorkerNotFound = "E_WORKER_NOT_FOUND", 503, "no worker binary (names `CUDA_WORKER_PATH` or where it looked)";
+    WorkerSpawn = "E_WORKER_SPAWN", 503, "the worker could not be started";
+    WorkerTimeout = "E_WORKER_TIMEOUT", 504, "the worker did not answer in time (its process group is killed)";
+    WorkerExit = "E_WORKER_EXIT", 502, "the worker died or exited non-zero (with its stderr tail)";
+    WorkerProtocol = "E_WORKER_PROTOCOL", 502, "the worker's output is not valid protocol";
+    OutputLimit = "E_OUTPUT_LIMIT", 502, "the worker wrote more than `maxOutputBytes`";
+    Cancelled = "E_CANCELLED", 499, "the call's AbortSignal fired, or a closing engine cancelled it";
     /// A local job ran past its `timeoutMs` (worker jobs use `WorkerTimeout`).
-    Timeout,
-    Overloaded,
-    CudaUnavailable,
-    GpuOom,
-    CudaFault,
-    Internal,
+    Timeout = "E_TIMEOUT", 504, "a local job ran past `timeoutMs`";
+    Overloaded = "E_OVERLOADED", 503, "admission limit reached (`maxInFlight`, `maxQueuedTexts`)";
+    /// The engine was closed (or is closing): no new calls are admitted.
+    Closed = "E_CLOSED", 503, "the engine is closed or closing; open a new one";
+    CudaUnavailable = "E_CUDA_UNAVAILABLE", 503, "`device: 'cuda'` but no usable CUDA device";
+    GpuOom = "E_GPU_OOM", 503, "out of GPU memory for this request";
+    CudaFault = "E_CUDA_FAULT", 503, "a sticky CUDA error poisoned the context";
+    Internal = "E_INTERNAL", 500, "a bug (a caught panic); the process keeps running";
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 24] = [
-        ErrorCode::InvalidArg,
-        ErrorCode::Envelope,
-        ErrorCode::BadBase64,
-        ErrorCode::BadJson,
-        ErrorCode::Decode,
-        ErrorCode::TooLarge,
-        ErrorCode::TooDeep,
-        ErrorCode::TooLong,
-        ErrorCode::UnknownType,
-        ErrorCode::UnknownModel,
-        ErrorCode::Model,
-        ErrorCode::WorkerNotFound,
-        ErrorCode::WorkerSpawn,
-        ErrorCode::WorkerTimeout,
-        ErrorCode::WorkerExit,
-        ErrorCode::WorkerProtocol,
-        ErrorCode::OutputLimit,
-        ErrorCode::Cancelled,
-        ErrorCode::Timeout,
-        ErrorCode::Overloaded,
-        ErrorCode::CudaUnavailable,
-        ErrorCode::GpuOom,
-        ErrorCode::CudaFault,
-        ErrorCode::Internal,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidArg => "E_INVALID_ARG",
-            ErrorCode::Envelope => "E_ENVELOPE",
-            ErrorCode::BadBase64 => "E_BAD_BASE64",
-            ErrorCode::BadJson => "E_BAD_JSON",
-            ErrorCode::Decode => "E_DECODE",
-            ErrorCode::TooLarge => "E_TOO_LARGE",
-            ErrorCode::TooDeep => "E_TOO_DEEP",
-            ErrorCode::TooLong => "E_TOO_LONG",
-            ErrorCode::UnknownType => "E_UNKNOWN_TYPE",
-            ErrorCode::UnknownModel => "E_UNKNOWN_MODEL",
-            ErrorCode::Model => "E_MODEL",
-            ErrorCode::WorkerNotFound => "E_WORKER_NOT_FOUND",
-            ErrorCode::WorkerSpawn => "E_WORKER_SPAWN",
-            ErrorCode::WorkerTimeout => "E_WORKER_TIMEOUT",
-            ErrorCode::WorkerExit => "E_WORKER_EXIT",
-            ErrorCode::WorkerProtocol => "E_WORKER_PROTOCOL",
-            ErrorCode::OutputLimit => "E_OUTPUT_LIMIT",
-            ErrorCode::Cancelled => "E_CANCELLED",
-            ErrorCode::Timeout => "E_TIMEOUT",
-            ErrorCode::Overloaded => "E_OVERLOADED",
-            ErrorCode::CudaUnavailable => "E_CUDA_UNAVAILABLE",
-            ErrorCode::GpuOom => "E_GPU_OOM",
-            ErrorCode::CudaFault => "E_CUDA_FAULT",
-            ErrorCode::Internal => "E_INTERNAL",
-        }
-    }
-
     pub fn parse(code: &str) -> Option<ErrorCode> {
         ErrorCode::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+
+    /// The whole table as JSON (`docs/error-codes.json`, JS `errorCodes`):
+    /// `[{code, http_status, meaning}, …]` in table order.
+    pub fn table_json() -> serde_json::Value {
+        serde_json::Value::Array(
+            ErrorCode::ALL
+                .iter()
+                .map(|c| serde_json::json!({ "code": c.as_str(), "http_status": c.http_status(), "meaning": c.meaning() }))
+                .collect(),
+        )
     }
 }
 
@@ -206,12 +195,25 @@ mod tests {
     #[test]
     fn codes_are_unique_and_round_trip() {
         let mut seen = std::collections::HashSet::new();
-        for code in ErrorCode::ALL {
+        for &code in ErrorCode::ALL {
             assert!(seen.insert(code.as_str()), "duplicate {code}");
             assert!(code.as_str().starts_with("E_"));
             assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
         }
         assert_eq!(ErrorCode::parse("E_NOPE"), None);
+    }
+
+    /// `docs/error-codes.json` is generated from the table; regenerate it with
+    /// `UPDATE_ERROR_CODES=1 cargo test -p cuda-engine-core error_codes_file`.
+    #[test]
+    fn error_codes_file_matches_the_table() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/error-codes.json");
+        let want = serde_json::to_string_pretty(&ErrorCode::table_json()).unwrap() + "\n";
+        if std::env::var_os("UPDATE_ERROR_CODES").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(have, want, "docs/error-codes.json is stale: run with UPDATE_ERROR_CODES=1");
     }
 
     #[test]

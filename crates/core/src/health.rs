@@ -1,17 +1,23 @@
-//! The `health()` report (DESIGN.md "Health"). Wire form: snake_case JSON.
+//! The `health()` report (docs/design.md "Health"). Wire form: snake_case
+//! JSON, typed here so the shape cannot drift.
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::backend::BackendStatus;
 use crate::device::DeviceInfo;
+use crate::discovery::WorkerSource;
+use crate::embedder::ModelInfo;
+use crate::jobs::BackendKind;
+use crate::worker::{WorkerHealth, WorkerMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
-    /// Everything configured works.
+    /// Serving as configured (a CPU-only host that chose the CPU is `ok`).
     Ok,
-    /// Serving, but something asked for is missing (e.g. CUDA requested as
-    /// `auto` and unavailable, a worker that cannot be found).
+    /// Serving, but something asked for or present failed: a GPU present but
+    /// unusable, a model that failed to load, a persistent worker that is down.
     Degraded,
     /// A fault that stops serving (poisoned CUDA context, closed engine).
     Error,
@@ -19,10 +25,54 @@ pub enum Status {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct QueueHealth {
-    /// Requests waiting to run.
+    /// Texts waiting for a forward pass.
     pub depth: usize,
-    /// Requests admitted and not yet finished (queued or running).
+    /// Calls admitted and not yet finished (queued or running).
     pub in_flight: usize,
+}
+
+/// `health().worker`: the configured worker, or what discovery would pick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerStatus {
+    pub path: Option<String>,
+    /// Which discovery rule found it; null when `worker.path` named it.
+    pub source: Option<WorkerSource>,
+    /// Null until a worker is configured or first used.
+    pub mode: Option<WorkerMode>,
+    pub running: bool,
+    pub restarts: u64,
+    pub in_flight: usize,
+    /// Pids of the live persistent workers.
+    pub pids: Vec<u32>,
+}
+
+impl From<WorkerHealth> for WorkerStatus {
+    fn from(h: WorkerHealth) -> Self {
+        WorkerStatus {
+            path: Some(h.path),
+            source: h.source,
+            mode: Some(h.mode),
+            running: h.running,
+            restarts: h.restarts,
+            in_flight: h.in_flight,
+            pids: h.pids,
+        }
+    }
+}
+
+impl WorkerStatus {
+    /// No worker yet: the one discovery would use, if any.
+    pub fn discovered(found: Option<(std::path::PathBuf, WorkerSource)>) -> Self {
+        WorkerStatus {
+            path: found.as_ref().map(|(p, _)| p.display().to_string()),
+            source: found.map(|(_, s)| s),
+            mode: None,
+            running: false,
+            restarts: 0,
+            in_flight: 0,
+            pids: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,18 +81,17 @@ pub struct Health {
     pub version: &'static str,
     pub cuda_available: bool,
     /// The backend that local embedding jobs use: `cuda` or `cpu`.
-    pub backend: &'static str,
+    pub backend: BackendKind,
     /// Every worker candidate discovery checked, in order.
     pub cuda_path: Vec<String>,
-    /// Worker state: `{path, source, mode, running, restarts}` (nulls when no worker).
-    pub worker: Value,
+    pub worker: WorkerStatus,
     pub devices: Vec<DeviceInfo>,
-    /// `{name, dims, max_tokens}` of the loaded model, null until one is loaded.
-    pub model: Value,
+    /// The loaded model; null until one is loaded (and when none is found).
+    pub model: Option<ModelInfo>,
     /// The compute backend of the loaded model: device, dtype, device memory
     /// held (weights + workspaces, bytes), passes/tokens run, fault. Null
     /// until a model is loaded.
-    pub compute: Value,
+    pub compute: Option<BackendStatus>,
     pub queue: QueueHealth,
     /// Human-readable reasons for `degraded` / `error`, and notes such as why
     /// CUDA is unavailable.

@@ -1,10 +1,16 @@
 //! cuda-engine-core: all the engine's logic, free of N-API.
 //!
-//! One module a concern (see DESIGN.md "Layout"): `envelope` decodes job
-//! envelopes under limits, `jobs` routes them, `health` reports state,
-//! `device` probes CUDA, `discovery` and `worker` find and drive an external
-//! worker, `model` + `backend` + `batcher` compute embeddings, and `engine`
-//! ties them together behind one handle.
+//! One module a concern; dependencies point one way (docs/architecture.md
+//! draws the map, `scripts/check-core-cycles.py` checks it):
+//!
+//! - `engine` (the handle: admission, routing, close, health) and `options`
+//!   (the one options schema) at the top;
+//! - `embedder` (model + backend + batcher + tokenization), `worker` (the
+//!   external process), `infer` (Open Inference Protocol: `protocol` types
+//!   and the `run`ner);
+//! - `batcher` and `backend` (CPU, CUDA) below them;
+//! - leaves: `model` (files: config, weights, tokenizer, resolution),
+//!   `envelope`, `jobs`, `device`, `discovery`, `error`.
 
 pub mod error;
 
@@ -12,12 +18,14 @@ pub mod backend;
 pub mod batcher;
 pub mod device;
 pub mod discovery;
+pub mod embedder;
 pub mod engine;
 pub mod envelope;
 pub mod health;
 pub mod infer;
 pub mod jobs;
 pub mod model;
+pub mod options;
 pub mod worker;
 
 pub use error::{CoreError, ErrorCode, Result};

@@ -21,9 +21,9 @@ use std::time::Instant;
 use cuda_engine_core::backend::cpu::CpuBackend;
 use cuda_engine_core::backend::cuda::{CudaBackend, CudaOptions, Dtype, QkvMode};
 use cuda_engine_core::backend::{Backend, TokenBatch};
-use cuda_engine_core::model::{
-    BertWeights, DevicePreference, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, TextTokenizer,
-};
+use cuda_engine_core::model::{BertWeights, ModelConfig, TextTokenizer};
+use cuda_engine_core::embedder::{EmbedOptions, Embedder, EmbedderOptions};
+use cuda_engine_core::device::DevicePreference;
 use cuda_engine_core::ErrorCode;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -300,22 +300,6 @@ fn without_gpu_cuda_is_unavailable_and_auto_uses_cpu() {
     let note = auto.backend_note().expect("auto fallback says why");
     assert!(note.contains("CPU"), "{note}");
     assert!(auto.backend_status().fault.is_none());
-}
-
-#[test]
-fn options_parse_device_and_dtype() {
-    let o = EmbedderOptions::from_json(&serde_json::json!({"device": "cpu", "dtype": "bf16"})).unwrap();
-    assert_eq!((o.device, o.dtype), (DevicePreference::Cpu, Dtype::Bf16));
-    let o = EmbedderOptions::from_json(&serde_json::json!({"device": 1})).unwrap();
-    assert_eq!((o.device, o.dtype), (DevicePreference::Cuda(Some(1)), Dtype::F16));
-    let o = EmbedderOptions::from_json(&serde_json::json!({})).unwrap();
-    assert_eq!(o.device, DevicePreference::Auto);
-    for bad in
-        [serde_json::json!({"dtype": "int8"}), serde_json::json!({"device": "gpu"}), serde_json::json!({"dtype": 16})]
-    {
-        let e = EmbedderOptions::from_json(&bad).unwrap_err();
-        assert_eq!(e.code, ErrorCode::InvalidArg, "{bad}: {e}");
-    }
 }
 
 /// GPU-side timings without JS: one forward per batch shape.

@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cuda_engine_core::model::{EmbedOptions, Embedder, EmbedderOptions};
+use cuda_engine_core::embedder::{EmbedOptions, Embedder, EmbedderOptions};
 use tokio_util::sync::CancellationToken;
 
 fn lines(var: &str, default: &str) -> Vec<String> {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use cuda_engine_core::model::{EmbedOptions, Embedder, EmbedderOptions};
+use cuda_engine_core::embedder::{EmbedOptions, Embedder, EmbedderOptions};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,7 @@ use common::{model_dir, repo_root};
 
 fn open(threads: Option<usize>) -> Arc<Embedder> {
     // Pinned to the CPU (fp32 tolerances); GPU numbers are checked in cuda_embed.rs.
-    let device = cuda_engine_core::model::DevicePreference::Cpu;
+    let device = cuda_engine_core::device::DevicePreference::Cpu;
     let opts = EmbedderOptions { model_dir: Some(model_dir()), threads, device, ..Default::default() };
     Embedder::open(opts).unwrap_or_else(|e| panic!("Embedder::open failed: {e}"))
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use cuda_engine_core::backend::cpu::CpuBackend;
 use cuda_engine_core::backend::{Backend, ForwardOutput, TokenBatch};
-use cuda_engine_core::model::{BertWeights, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, TextTokenizer};
+use cuda_engine_core::model::{BertWeights, ModelConfig, TextTokenizer};
+use cuda_engine_core::embedder::{EmbedOptions, Embedder, EmbedderOptions};
 use cuda_engine_core::{ErrorCode, Result};
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +19,7 @@ use common::model_dir;
 /// Pinned to the CPU: these tests check exact CPU numbers and queue
 /// behaviour, and on a GPU machine `auto` would pick CUDA.
 fn open(opts: EmbedderOptions) -> Arc<Embedder> {
-    let device = cuda_engine_core::model::DevicePreference::Cpu;
+    let device = cuda_engine_core::device::DevicePreference::Cpu;
     Embedder::open(EmbedderOptions { model_dir: Some(model_dir()), device, ..opts }).unwrap()
 }
 

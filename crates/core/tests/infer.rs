@@ -10,10 +10,11 @@ mod worker_support;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cuda_engine_core::engine::{CallOptions, Engine, EngineOptions, EnvelopeInput};
+use cuda_engine_core::engine::{CallOptions, Engine, EnvelopeInput};
+use cuda_engine_core::options::EngineOptions;
 use cuda_engine_core::infer::{InferRequest, InferResponse, InferTensor, RequestedOutput, TensorData};
 use cuda_engine_core::jobs::{JobOutput, Target};
-use cuda_engine_core::model::EmbedOptions;
+use cuda_engine_core::embedder::EmbedOptions;
 use cuda_engine_core::{CoreError, ErrorCode};
 use serde_json::{json, Value};
 
@@ -59,7 +60,7 @@ fn open(extra: Value) -> Arc<Engine> {
     for (k, v) in extra.as_object().unwrap() {
         opts[k] = v.clone();
     }
-    Engine::open(EngineOptions::from_json(&opts).unwrap()).unwrap()
+    Engine::open(EngineOptions::from_json(&opts).and_then(EngineOptions::into_config).unwrap()).unwrap()
 }
 
 fn text_request(texts: &[&str]) -> InferRequest {
@@ -434,5 +435,5 @@ fn other_models_go_to_the_worker() {
     let e = rt.block_on(engine.infer(req, CallOptions::default())).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidArg, "{e}");
     assert!(e.message.contains("input `text`"), "{e}");
-    rt.block_on(engine.close());
+    rt.block_on(engine.close(std::time::Duration::from_secs(5)));
 }

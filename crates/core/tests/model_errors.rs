@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use cuda_engine_core::model::{BertWeights, EmbedOptions, Embedder, EmbedderOptions, ModelConfig, Pooling};
+use cuda_engine_core::model::{BertWeights, ModelConfig, Pooling};
+use cuda_engine_core::embedder::{EmbedOptions, Embedder, EmbedderOptions};
 use cuda_engine_core::{CoreError, ErrorCode};
 use tokio_util::sync::CancellationToken;
 
@@ -186,20 +187,4 @@ fn fp16_prefixed_weights_load() {
     let dot: f32 = a[0].iter().zip(&b[0]).map(|(x, y)| x * y).sum();
     assert!(dot > 0.999, "fp16 vs fp32 cosine {dot}");
     assert!(dot < 1.0 - 1e-9 || a[0] != b[0], "fp16 weights should not be bit-identical to fp32");
-}
-
-#[test]
-fn options_from_json() {
-    let o = EmbedderOptions::from_json(&serde_json::json!({
-        "model": "/m", "maxBatchTokens": 4096, "maxQueuedTexts": 10, "threads": 2, "somethingElse": [1]
-    }))
-    .unwrap();
-    assert_eq!(o.model_dir.as_deref(), Some(Path::new("/m")));
-    assert_eq!((o.max_batch_tokens, o.max_queued_texts, o.threads), (4096, 10, Some(2)));
-    assert_eq!(EmbedderOptions::from_json(&serde_json::Value::Null).unwrap(), EmbedderOptions::default());
-    let e = EmbedderOptions::from_json(&serde_json::json!({ "maxBatchTokens": -1 })).unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidArg);
-    assert!(e.message.contains("maxBatchTokens"), "{e}");
-    let e = EmbedderOptions::from_json(&serde_json::json!({ "model": 3 })).unwrap_err();
-    assert!(e.message.contains("options.model"), "{e}");
 }

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use cuda_engine_core::engine::{CallOptions, Engine, EngineOptions, EnvelopeInput};
+use cuda_engine_core::engine::{CallOptions, Engine, EnvelopeInput, ModelLoading};
+use cuda_engine_core::options::EngineOptions;
 use cuda_engine_core::envelope::{Payload, RawEnvelope};
 use cuda_engine_core::err;
 use cuda_engine_core::error::Result;
@@ -30,14 +31,20 @@ use tokio_util::sync::CancellationToken;
 const USAGE: &str = "usage: cuda-worker [--serve] [--options JSON]
   (no flag)       one-shot: one request on stdin, one response on stdout
   --serve         persistent: NDJSON requests with ids until stdin closes
-  --options JSON  EngineOptions as JSON (e.g. {\"device\":\"cpu\"})
+  --options JSON  EngineOptions as JSON (e.g. {\"device\":\"cpu\"}); default: $CUDA_ENGINE_OPTIONS
   --version       print the version";
 
 type Outcome = Result<(JobOutput, &'static str)>;
 
 fn main() -> ExitCode {
     let mut serve = false;
-    let mut options = Value::Null;
+    let mut options = match std::env::var("CUDA_ENGINE_OPTIONS") {
+        Ok(s) if !s.trim().is_empty() => match serde_json::from_str::<Value>(&s) {
+            Ok(v) => v,
+            Err(e) => return usage_error(&format!("CUDA_ENGINE_OPTIONS is not JSON: {e}")),
+        },
+        _ => Value::Null,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -57,13 +64,16 @@ fn main() -> ExitCode {
             other => return usage_error(&format!("unknown argument {other:?}")),
         }
     }
-    let mut opts = match EngineOptions::from_json(&options) {
-        Ok(o) => o,
+    // The same schema as Engine.open: unknown keys are errors.
+    let mut config = match EngineOptions::from_json(&options).and_then(EngineOptions::into_config) {
+        Ok(c) => c,
         Err(e) => return usage_error(&e.to_string()),
     };
-    // A worker never proxies to another worker.
-    opts.worker = None;
-    let engine = match Engine::open(opts) {
+    // A worker never proxies to another worker, and loads the model on
+    // first use (a one-shot echo job must not pay for it).
+    config.worker = None;
+    config.model_loading = ModelLoading::OnFirstUse;
+    let engine = match Engine::open(config) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("cuda-worker: cannot open the engine: {e}");
@@ -72,7 +82,13 @@ fn main() -> ExitCode {
     };
     // Current-thread: the protocol I/O is cheap and the engine has its own
     // compute threads; one thread avoids cross-thread wake-ups per job.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cuda-worker: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let code = rt.block_on(async move {
         if serve {
             serve_loop(engine).await
@@ -102,7 +118,7 @@ fn to_input(req: Request) -> EnvelopeInput {
 }
 
 async fn run_job(engine: &Engine, input: EnvelopeInput, cancel: CancellationToken) -> Outcome {
-    let call = CallOptions { timeout: None, cancel, target: Target::Local };
+    let call = CallOptions { cancel, target: Target::Local, ..CallOptions::default() };
     let result = engine.submit(input, call).await?;
     Ok((result.output, result.encoding))
 }

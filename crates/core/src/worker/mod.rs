@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use protocol::BinaryFormat;
@@ -86,7 +85,8 @@ pub struct WorkerConfig {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_STDERR_BYTES: usize = 64 * 1024;
-const MAX_POOL_SIZE: usize = 64;
+/// Persistent worker processes at most (`worker.poolSize`).
+pub const MAX_POOL_SIZE: usize = 64;
 
 impl WorkerConfig {
     /// Defaults: discovery, the given mode's default args, 30 s timeout,
@@ -105,126 +105,6 @@ impl WorkerConfig {
             reap_orphans: false,
             discovery_env: None,
         }
-    }
-
-    /// Read the JS `EngineOptions.worker` value: a path string, `true`
-    /// (discover), or `{path?, discover?, mode?, args?, timeoutMs?,
-    /// maxOutputBytes?, maxStderrBytes?, poolSize?, binaryFormat?,
-    /// reapOrphans?}`. Errors are `E_INVALID_ARG` naming `worker.<field>`.
-    pub fn from_json(v: &Value, base_dir: &Path) -> Result<Self> {
-        let obj = match v {
-            Value::String(s) => {
-                if s.is_empty() {
-                    return Err(err!(InvalidArg, "`worker` is an empty string: give a path or {{ discover: true }}"));
-                }
-                let mut c = WorkerConfig::new(base_dir, WorkerMode::Oneshot);
-                c.path = Some(PathBuf::from(s));
-                return Ok(c);
-            }
-            Value::Bool(true) => return Ok(WorkerConfig::new(base_dir, WorkerMode::Oneshot)),
-            Value::Object(o) => o,
-            other => {
-                return Err(err!(
-                    InvalidArg,
-                    "`worker` must be a path string, true, or an object {{ path?, discover?, mode?, ... }}; got {other}"
-                ))
-            }
-        };
-        const KNOWN: [&str; 10] = [
-            "path",
-            "discover",
-            "mode",
-            "args",
-            "timeoutMs",
-            "maxOutputBytes",
-            "maxStderrBytes",
-            "poolSize",
-            "binaryFormat",
-            "reapOrphans",
-        ];
-        if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(err!(InvalidArg, "`worker.{k}` is not a worker option (known: {})", KNOWN.join(", ")));
-        }
-        let present = |k: &str| obj.get(k).filter(|v| !v.is_null());
-        let mode = match present("mode") {
-            None => WorkerMode::Oneshot,
-            Some(Value::String(s)) if s == "oneshot" => WorkerMode::Oneshot,
-            Some(Value::String(s)) if s == "persistent" => WorkerMode::Persistent,
-            Some(other) => {
-                return Err(err!(InvalidArg, "`worker.mode` must be 'oneshot' or 'persistent', got {other}"))
-            }
-        };
-        let mut c = WorkerConfig::new(base_dir, mode);
-        let path = match present("path") {
-            None => None,
-            Some(Value::String(s)) if !s.is_empty() => Some(PathBuf::from(s)),
-            Some(other) => return Err(err!(InvalidArg, "`worker.path` must be a non-empty string, got {other}")),
-        };
-        match (present("discover"), &path) {
-            (None, _) => {}
-            (Some(Value::Bool(true)), Some(_)) => {
-                return Err(err!(InvalidArg, "`worker.discover: true` conflicts with `worker.path`: give one"))
-            }
-            (Some(Value::Bool(true)), None) => {}
-            (Some(Value::Bool(false)), None) => {
-                return Err(err!(InvalidArg, "`worker.discover: false` needs `worker.path`"))
-            }
-            (Some(Value::Bool(false)), Some(_)) => {}
-            (Some(other), _) => return Err(err!(InvalidArg, "`worker.discover` must be a boolean, got {other}")),
-        }
-        c.path = path;
-        if let Some(a) = present("args") {
-            let arr =
-                a.as_array().ok_or_else(|| err!(InvalidArg, "`worker.args` must be an array of strings, got {a}"))?;
-            c.args = arr
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    s.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| err!(InvalidArg, "`worker.args[{i}]` must be a string, got {s}"))
-                })
-                .collect::<Result<_>>()?;
-        }
-        let int = |k: &str, min: u64, max: u64| -> Result<Option<u64>> {
-            match present(k) {
-                None => Ok(None),
-                Some(v) => {
-                    match v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
-                    {
-                        Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                        _ => Err(err!(InvalidArg, "`worker.{k}` must be an integer in {min}..={max}, got {v}")),
-                    }
-                }
-            }
-        };
-        if let Some(ms) = int("timeoutMs", 1, 86_400_000)? {
-            c.timeout = Duration::from_millis(ms);
-        }
-        if let Some(n) = int("maxOutputBytes", 1, u32::MAX as u64)? {
-            c.max_output_bytes = n as usize;
-        }
-        if let Some(n) = int("maxStderrBytes", 0, 64 * 1024 * 1024)? {
-            c.max_stderr_bytes = n as usize;
-        }
-        if let Some(n) = int("poolSize", 1, MAX_POOL_SIZE as u64)? {
-            c.pool_size = n as usize;
-        }
-        match present("binaryFormat") {
-            None => {}
-            Some(Value::String(s)) if BinaryFormat::parse(s).is_some() => {
-                c.binary_format = BinaryFormat::parse(s).expect("checked")
-            }
-            Some(other) => {
-                return Err(err!(InvalidArg, "`worker.binaryFormat` must be 'cbor' or 'msgpack', got {other}"))
-            }
-        }
-        match present("reapOrphans") {
-            None => {}
-            Some(Value::Bool(b)) => c.reap_orphans = *b,
-            Some(other) => return Err(err!(InvalidArg, "`worker.reapOrphans` must be a boolean, got {other}")),
-        }
-        Ok(c)
     }
 }
 
@@ -398,42 +278,6 @@ impl Drop for Counter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn config_from_json() {
-        let b = Path::new("/base");
-        let c = WorkerConfig::from_json(&json!("w/cuda-worker"), b).unwrap();
-        assert_eq!(c.path.as_deref(), Some(Path::new("w/cuda-worker")));
-        assert_eq!(c.mode, WorkerMode::Oneshot);
-        let c = WorkerConfig::from_json(
-            &json!({"discover": true, "mode": "persistent", "timeoutMs": 1500, "poolSize": 3, "binaryFormat": "msgpack", "maxOutputBytes": 1000}),
-            b,
-        )
-        .unwrap();
-        assert_eq!(c.path, None);
-        assert_eq!(c.mode, WorkerMode::Persistent);
-        assert_eq!(c.args, vec!["--serve"]);
-        assert_eq!(c.timeout, Duration::from_millis(1500));
-        assert_eq!((c.pool_size, c.binary_format, c.max_output_bytes), (3, BinaryFormat::MsgPack, 1000));
-        let c = WorkerConfig::from_json(&json!({"mode": "persistent", "args": ["--x"]}), b).unwrap();
-        assert_eq!(c.args, vec!["--x"]);
-        for (bad, field) in [
-            (json!({"mode": "forever"}), "worker.mode"),
-            (json!({"poolSize": 0}), "worker.poolSize"),
-            (json!({"timeoutMs": -1}), "worker.timeoutMs"),
-            (json!({"args": [1]}), "worker.args[0]"),
-            (json!({"binaryFormat": "json"}), "worker.binaryFormat"),
-            (json!({"path": "x", "discover": true}), "worker.discover"),
-            (json!({"discover": false}), "worker.discover"),
-            (json!({"pooSize": 2}), "worker.pooSize"),
-            (json!(42), "`worker`"),
-        ] {
-            let e = WorkerConfig::from_json(&bad, b).unwrap_err();
-            assert_eq!(e.code, crate::error::ErrorCode::InvalidArg);
-            assert!(e.message.contains(field), "{bad}: {}", e.message);
-        }
-    }
 
     #[test]
     fn missing_explicit_path_names_the_field() {

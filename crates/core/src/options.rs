@@ -1,0 +1,476 @@
+//! The one options schema. `Engine.open(options)` in JS, the `cuda-worker`
+//! command line (`--options JSON` / `CUDA_ENGINE_OPTIONS`) and
+//! `bin/cuda-service.mjs` all read [`EngineOptions`] through
+//! [`EngineOptions::from_json`], and every part of the engine gets its typed
+//! settings from [`EngineOptions::into_config`] — nothing else walks the
+//! options object.
+//!
+//! Rules (docs/design.md "Options"):
+//! - Keys are camelCase; an unknown key is `E_INVALID_ARG` naming it and the
+//!   nearest valid name (`devise` → "did you mean `device`?"). The schema
+//!   structs use `deny_unknown_fields` as a second guard; no
+//!   `#[serde(flatten)]`, which would disable it.
+//! - `null` (and `undefined` from JS) means "the default".
+//! - A wrong type or a value out of range is `E_INVALID_ARG` naming
+//!   `options.<key>` and the accepted range.
+//! - Call options (`CallOptions`, `EmbedOptions`, close options) hold JS
+//!   values (an `AbortSignal`), so the binding reads them itself; their key
+//!   lists are defined here ([`CALL_OPTIONS`], …) so that the same unknown-key
+//!   rule and the same names apply.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::backend::cuda::Dtype;
+use crate::batcher::BatcherLimits;
+use crate::device::DevicePreference;
+use crate::embedder::EmbedderOptions;
+use crate::envelope::Limits;
+use crate::err;
+use crate::error::Result;
+use crate::worker::{BinaryFormat, WorkerConfig, WorkerMode, MAX_POOL_SIZE};
+
+/// `EngineOptions` as users write it (JS object, JSON). Every field is
+/// optional; `into_config` applies the defaults and checks ranges.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EngineOptions {
+    /// Model directory (sentence-transformers layout). Loaded at open; a
+    /// missing or malformed one rejects `open` with `E_MODEL`.
+    pub model: Option<String>,
+    /// `'auto'` (default) | `'cuda'` | `'cpu'` | a CUDA device index.
+    pub device: Option<Value>,
+    /// GPU compute dtype: `'fp16'` (default) | `'bf16'` | `'fp32'`.
+    pub dtype: Option<String>,
+    /// CPU compute threads (default: available parallelism).
+    pub threads: Option<u64>,
+    /// External worker: a path, `true` (discover), or [`WorkerOptions`].
+    pub worker: Option<Value>,
+    /// Base directory for worker discovery and relative paths (default: cwd).
+    pub base_dir: Option<String>,
+    /// Largest envelope accepted, bytes (default 64 MiB).
+    pub max_envelope_bytes: Option<u64>,
+    /// Deepest JSON nesting accepted (default 64, at most [`MAX_JSON_DEPTH`]).
+    pub max_json_depth: Option<u64>,
+    /// Calls admitted at once before `E_OVERLOADED` (default 65,536).
+    pub max_in_flight: Option<u64>,
+    /// Tokens per forward pass, all texts together (default 16,384).
+    pub max_batch_tokens: Option<u64>,
+    /// Texts per forward pass (default 1,024).
+    pub max_batch_size: Option<u64>,
+    /// Texts waiting for a forward pass before `E_OVERLOADED` (default 65,536).
+    pub max_queued_texts: Option<u64>,
+    /// Texts in one `embed` call before `E_TOO_LARGE` (default 16,384).
+    pub max_texts_per_call: Option<u64>,
+}
+
+/// `EngineOptions.worker` given as an object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkerOptions {
+    /// The worker binary; absent: the discovery rules (docs/discovery.md).
+    pub path: Option<String>,
+    /// `true`: find the worker by discovery (the default without `path`).
+    pub discover: Option<bool>,
+    /// `'oneshot'` (default: a process per job) | `'persistent'` (a pool).
+    pub mode: Option<String>,
+    /// Arguments, exactly (no shell). Default: `['--serve']` persistent, `[]` one-shot.
+    pub args: Option<Vec<String>>,
+    /// Job timeout when the call gives none (default 30,000 ms).
+    pub timeout_ms: Option<u64>,
+    /// Largest response accepted (default 64 MiB); over it: `E_OUTPUT_LIMIT`.
+    pub max_output_bytes: Option<u64>,
+    /// Bytes of the stderr tail kept for errors and logs (default 64 KiB).
+    pub max_stderr_bytes: Option<u64>,
+    /// Persistent mode: number of processes (default 1, at most 64).
+    pub pool_size: Option<u64>,
+    /// Binary frames for raw-byte payloads: `'cbor'` (default) | `'msgpack'`.
+    pub binary_format: Option<String>,
+    /// Linux: become a child subreaper so a worker's abandoned helpers are reaped.
+    pub reap_orphans: Option<bool>,
+}
+
+/// `CallOptions` keys (read by the binding: `signal` is a JS object).
+pub const CALL_OPTIONS: &[&str] = &["signal", "timeoutMs", "target"];
+/// `EmbedOptions` keys: the call options plus the embedding's own.
+pub const EMBED_OPTIONS: &[&str] = &["signal", "timeoutMs", "target", "normalize", "truncate"];
+/// `engine.close(options)` keys.
+pub const CLOSE_OPTIONS: &[&str] = &["drainMs"];
+
+/// Hard ceiling on `maxJsonDepth`: JSON and JS-object walks are bounded by
+/// it whatever the user asks for.
+pub const MAX_JSON_DEPTH: u64 = 1_000;
+/// Largest `timeoutMs` / `drainMs` accepted: 2^31 − 1 ms (~24.8 days, the
+/// largest delay `setTimeout` takes).
+pub const MAX_TIMEOUT_MS: f64 = 2_147_483_647.0;
+
+/// Whether the engine loads its model at open or on first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModelLoading {
+    /// Load at open when a model is named (option or `CUDA_ENGINE_MODEL`),
+    /// so a bad one rejects `open`; else on first use.
+    #[default]
+    WhenNamed,
+    /// Only on first use (the `cuda-worker` binary: a one-shot echo job must
+    /// not pay for loading a model).
+    OnFirstUse,
+}
+
+/// The typed settings every part of the engine takes, from [`EngineOptions::into_config`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub limits: Limits,
+    /// Calls admitted at once (queued or running) before `E_OVERLOADED`.
+    pub max_in_flight: usize,
+    pub device: DevicePreference,
+    /// Base directory for worker discovery and relative paths.
+    pub base_dir: PathBuf,
+    pub embedder: EmbedderOptions,
+    /// The configured worker, if `worker` was given.
+    pub worker: Option<WorkerConfig>,
+    pub model_loading: ModelLoading,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineOptions::default().into_config().unwrap_or_else(|_| unreachable!("the defaults are valid"))
+    }
+}
+
+impl EngineOptions {
+    /// Read options from JSON (`null`: all defaults). Unknown keys, wrong
+    /// types: `E_INVALID_ARG` naming `options.<key>`.
+    pub fn from_json(value: &Value) -> Result<EngineOptions> {
+        match value {
+            Value::Null => Ok(EngineOptions::default()),
+            Value::Object(obj) => {
+                check_keys(obj.keys().map(String::as_str), &Self::field_names(), "options")?;
+                deserialize(value, "options")
+            }
+            other => Err(err!(InvalidArg, "`options` must be an object, got {}", crate::envelope::json_kind(other))),
+        }
+    }
+
+    /// The schema's keys, as JS writes them (from the serde derive, so they
+    /// cannot drift from the struct).
+    pub fn field_names() -> Vec<String> {
+        field_names_of(&EngineOptions::default())
+    }
+
+    /// Apply defaults and check ranges; the typed settings of every part.
+    pub fn into_config(self) -> Result<EngineConfig> {
+        let base_dir = match self.base_dir {
+            Some(b) if b.is_empty() => return Err(err!(InvalidArg, "`options.baseDir` is an empty string")),
+            Some(b) => PathBuf::from(b),
+            None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        };
+        let mut limits = Limits::default();
+        if let Some(n) = int(self.max_envelope_bytes, "maxEnvelopeBytes", 1, usize::MAX as u64)? {
+            limits.max_envelope_bytes = n;
+        }
+        if let Some(n) = int(self.max_json_depth, "maxJsonDepth", 1, MAX_JSON_DEPTH)? {
+            limits.max_json_depth = n;
+        }
+        let device = parse_device(self.device.as_ref())?;
+        let batch = BatcherLimits::default();
+        let mut embedder = EmbedderOptions { device, ..EmbedderOptions::default() };
+        match self.model {
+            Some(m) if m.is_empty() => return Err(err!(InvalidArg, "`options.model` is an empty string")),
+            Some(m) => embedder.model_dir = Some(PathBuf::from(m)),
+            None => {}
+        }
+        if let Some(d) = self.dtype {
+            embedder.dtype = Dtype::parse(&d)
+                .ok_or_else(|| err!(InvalidArg, "`options.dtype` must be 'fp16', 'bf16' or 'fp32', got {d:?}"))?;
+        }
+        embedder.threads = int(self.threads, "threads", 1, 4096)?;
+        embedder.max_batch_tokens = int(self.max_batch_tokens, "maxBatchTokens", 1, 1 << 24)?.unwrap_or(batch.max_batch_tokens);
+        embedder.max_batch_seqs = int(self.max_batch_size, "maxBatchSize", 1, 1 << 20)?.unwrap_or(batch.max_batch_seqs);
+        embedder.max_queued_texts =
+            int(self.max_queued_texts, "maxQueuedTexts", 1, 1 << 30)?.unwrap_or(batch.max_queued_texts);
+        if let Some(n) = int(self.max_texts_per_call, "maxTextsPerCall", 1, 1 << 30)? {
+            embedder.max_texts_per_call = n;
+        }
+        let worker = match self.worker {
+            None | Some(Value::Null) => None,
+            Some(spec) => Some(worker_config(&spec, &base_dir)?),
+        };
+        Ok(EngineConfig {
+            limits,
+            max_in_flight: int(self.max_in_flight, "maxInFlight", 1, 1 << 30)?.unwrap_or(65_536),
+            device,
+            base_dir,
+            embedder,
+            worker,
+            model_loading: ModelLoading::default(),
+        })
+    }
+}
+
+impl WorkerOptions {
+    pub fn field_names() -> Vec<String> {
+        field_names_of(&WorkerOptions::default())
+    }
+}
+
+/// `EngineOptions.worker`: a path string, `true` (discover), or an object.
+fn worker_config(spec: &Value, base_dir: &Path) -> Result<WorkerConfig> {
+    let o: WorkerOptions = match spec {
+        Value::String(s) if s.is_empty() => {
+            return Err(err!(InvalidArg, "`options.worker` is an empty string: give a path or {{ discover: true }}"))
+        }
+        Value::String(s) => {
+            let mut c = WorkerConfig::new(base_dir, WorkerMode::Oneshot);
+            c.path = Some(PathBuf::from(s));
+            return Ok(c);
+        }
+        Value::Bool(true) => return Ok(WorkerConfig::new(base_dir, WorkerMode::Oneshot)),
+        Value::Object(obj) => {
+            check_keys(obj.keys().map(String::as_str), &WorkerOptions::field_names(), "options.worker")?;
+            deserialize(spec, "options.worker")?
+        }
+        other => {
+            return Err(err!(
+                InvalidArg,
+                "`options.worker` must be a path string, true, or an object {{ path?, mode?, ... }}; got {}",
+                crate::envelope::json_kind(other)
+            ))
+        }
+    };
+    let mode = match o.mode.as_deref() {
+        None | Some("oneshot") => WorkerMode::Oneshot,
+        Some("persistent") => WorkerMode::Persistent,
+        Some(other) => {
+            return Err(err!(InvalidArg, "`options.worker.mode` must be 'oneshot' or 'persistent', got {other:?}"))
+        }
+    };
+    let mut c = WorkerConfig::new(base_dir, mode);
+    match (o.discover, o.path) {
+        (_, Some(p)) if p.is_empty() => return Err(err!(InvalidArg, "`options.worker.path` is an empty string")),
+        (Some(true), Some(_)) => {
+            return Err(err!(InvalidArg, "`options.worker.discover: true` conflicts with `options.worker.path`: give one"))
+        }
+        (Some(false), None) => return Err(err!(InvalidArg, "`options.worker.discover: false` needs `options.worker.path`")),
+        (_, path) => c.path = path.map(PathBuf::from),
+    }
+    if let Some(args) = o.args {
+        c.args = args;
+    }
+    if let Some(ms) = int(o.timeout_ms, "worker.timeoutMs", 1, 86_400_000)? {
+        c.timeout = Duration::from_millis(ms as u64);
+    }
+    if let Some(n) = int(o.max_output_bytes, "worker.maxOutputBytes", 1, u32::MAX as u64)? {
+        c.max_output_bytes = n;
+    }
+    if let Some(n) = int(o.max_stderr_bytes, "worker.maxStderrBytes", 0, 64 * 1024 * 1024)? {
+        c.max_stderr_bytes = n;
+    }
+    if let Some(n) = int(o.pool_size, "worker.poolSize", 1, MAX_POOL_SIZE as u64)? {
+        c.pool_size = n;
+    }
+    if let Some(f) = o.binary_format {
+        c.binary_format = BinaryFormat::parse(&f).ok_or_else(|| {
+            err!(InvalidArg, "`options.worker.binaryFormat` must be 'cbor' or 'msgpack', got {f:?}")
+        })?;
+    }
+    if let Some(b) = o.reap_orphans {
+        c.reap_orphans = b;
+    }
+    Ok(c)
+}
+
+/// `device`: `'auto'` | `'cuda'` | `'cpu'` | a device index.
+fn parse_device(v: Option<&Value>) -> Result<DevicePreference> {
+    let bad = |got: String| err!(InvalidArg, "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {got}");
+    match v {
+        None | Some(Value::Null) => Ok(DevicePreference::Auto),
+        Some(Value::String(s)) => DevicePreference::parse(s).ok_or_else(|| bad(format!("{s:?}"))),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(i) if i < 1024 => Ok(DevicePreference::Cuda(Some(i as usize))),
+            _ => Err(bad(n.to_string())),
+        },
+        Some(other) => Err(bad(crate::envelope::json_kind(other).to_string())),
+    }
+}
+
+/// An optional integer option in `min..=max`, named `options.<key>`.
+fn int(v: Option<u64>, key: &str, min: u64, max: u64) -> Result<Option<usize>> {
+    match v {
+        None => Ok(None),
+        Some(n) if (min..=max).contains(&n) => Ok(Some(n as usize)),
+        Some(n) => Err(err!(InvalidArg, "`options.{key}` must be an integer in {min}..={max}, got {n}")),
+    }
+}
+
+/// Deserialize `value` into `T`, naming the field at fault.
+fn deserialize<T: serde::de::DeserializeOwned>(value: &Value, what: &str) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        err!(InvalidArg, "`{what}.{path}`: {inner}")
+    })
+}
+
+fn field_names_of<T: Serialize>(defaults: &T) -> Vec<String> {
+    match serde_json::to_value(defaults) {
+        Ok(Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Reject the first key not in `known`, naming it, the nearest valid name
+/// when one is close, and the valid names.
+pub fn check_keys<'a, S: AsRef<str>>(keys: impl IntoIterator<Item = &'a str>, known: &[S], what: &str) -> Result<()> {
+    for key in keys {
+        if known.iter().any(|k| k.as_ref() == key) {
+            continue;
+        }
+        let hint = nearest(key, known).map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default();
+        let all: Vec<&str> = known.iter().map(|k| k.as_ref()).collect();
+        return Err(err!(InvalidArg, "`{what}.{key}` is not an option{hint}; valid keys: {}", all.join(", ")));
+    }
+    Ok(())
+}
+
+/// The valid name closest to `key` by edit distance (case-insensitive), if
+/// within a third of its length (at least 2 edits).
+pub fn nearest<'k, S: AsRef<str>>(key: &str, known: &'k [S]) -> Option<&'k str> {
+    let key = key.to_ascii_lowercase();
+    let budget = (key.chars().count() / 3).max(2);
+    known
+        .iter()
+        .map(|k| (edit_distance(&key, &k.as_ref().to_ascii_lowercase()), k.as_ref()))
+        .filter(|(d, _)| *d <= budget)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A call's `timeoutMs` / close's `drainMs`: finite, `0..=MAX_TIMEOUT_MS`.
+/// `0` means "no limit" for `timeoutMs` (the caller decides).
+pub fn millis(ms: f64, what: &str) -> Result<Duration> {
+    if !(ms.is_finite() && (0.0..=MAX_TIMEOUT_MS).contains(&ms)) {
+        return Err(err!(InvalidArg, "`{what}` must be a number of milliseconds in 0..={MAX_TIMEOUT_MS}, got {ms}"));
+    }
+    Ok(Duration::from_secs_f64(ms / 1e3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use serde_json::json;
+
+    fn msg(v: Value) -> String {
+        let e = EngineOptions::from_json(&v).and_then(EngineOptions::into_config).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArg, "{e}");
+        e.message
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_nearest_name() {
+        let m = msg(json!({ "maxEnvelopBytes": 10 }));
+        assert!(m.contains("`options.maxEnvelopBytes`") && m.contains("did you mean `maxEnvelopeBytes`"), "{m}");
+        let m = msg(json!({ "devise": "cuda" }));
+        assert!(m.contains("`options.devise`") && m.contains("did you mean `device`"), "{m}");
+        let m = msg(json!({ "limits": {} }));
+        assert!(m.contains("`options.limits` is not an option") && m.contains("maxEnvelopeBytes"), "{m}");
+        let m = msg(json!({ "worker": { "pooSize": 2 } }));
+        assert!(m.contains("`options.worker.pooSize`") && m.contains("did you mean `poolSize`"), "{m}");
+        let m = msg(json!({ "zzzzzzzz": 1 }));
+        assert!(!m.contains("did you mean"), "{m}");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_name_the_key() {
+        for (v, key) in [
+            (json!({ "maxInFlight": 0 }), "options.maxInFlight"),
+            (json!({ "maxInFlight": 1.5 }), "options.maxInFlight"),
+            (json!({ "maxJsonDepth": 1_000_000 }), "options.maxJsonDepth"),
+            (json!({ "maxBatchTokens": -1 }), "options.maxBatchTokens"),
+            (json!({ "model": 3 }), "options.model"),
+            (json!({ "device": "gpu" }), "options.device"),
+            (json!({ "device": true }), "options.device"),
+            (json!({ "dtype": "int8" }), "options.dtype"),
+            (json!({ "worker": { "mode": "forever" } }), "options.worker.mode"),
+            (json!({ "worker": { "poolSize": 0 } }), "options.worker.poolSize"),
+            (json!({ "worker": { "timeoutMs": -1 } }), "options.worker.timeoutMs"),
+            (json!({ "worker": { "args": [1] } }), "options.worker.args[0]"),
+            (json!({ "worker": { "binaryFormat": "json" } }), "options.worker.binaryFormat"),
+            (json!({ "worker": { "path": "x", "discover": true } }), "options.worker.discover"),
+            (json!({ "worker": { "discover": false } }), "options.worker.discover"),
+            (json!({ "worker": 3 }), "options.worker"),
+            (json!([]), "options"),
+        ] {
+            let m = msg(v.clone());
+            assert!(m.contains(&format!("`{key}")), "{v}: {m}");
+        }
+    }
+
+    #[test]
+    fn every_documented_option_is_applied() {
+        let c = EngineOptions::from_json(&json!({
+            "model": "/m", "device": "cpu", "dtype": "bf16", "threads": 3, "baseDir": "/b",
+            "maxEnvelopeBytes": 1000, "maxJsonDepth": 7, "maxInFlight": 9, "maxBatchTokens": 512,
+            "maxBatchSize": 8, "maxQueuedTexts": 99, "maxTextsPerCall": 5,
+            "worker": { "path": "w", "mode": "persistent", "args": ["-x"], "timeoutMs": 1500, "maxOutputBytes": 1000,
+                        "maxStderrBytes": 10, "poolSize": 3, "binaryFormat": "msgpack", "reapOrphans": true }
+        }))
+        .and_then(EngineOptions::into_config)
+        .unwrap();
+        assert_eq!((c.limits.max_envelope_bytes, c.limits.max_json_depth, c.max_in_flight), (1000, 7, 9));
+        assert_eq!(c.device, DevicePreference::Cpu);
+        assert_eq!(c.base_dir, PathBuf::from("/b"));
+        let e = &c.embedder;
+        assert_eq!(e.model_dir.as_deref(), Some(Path::new("/m")));
+        assert_eq!((e.dtype, e.threads, e.device), (Dtype::Bf16, Some(3), DevicePreference::Cpu));
+        assert_eq!((e.max_batch_tokens, e.max_batch_seqs, e.max_queued_texts, e.max_texts_per_call), (512, 8, 99, 5));
+        let w = c.worker.unwrap();
+        assert_eq!((w.path.unwrap(), w.mode, w.args), (PathBuf::from("w"), WorkerMode::Persistent, vec!["-x".into()]));
+        assert_eq!((w.timeout, w.max_output_bytes, w.max_stderr_bytes), (Duration::from_millis(1500), 1000, 10));
+        assert_eq!((w.pool_size, w.binary_format, w.reap_orphans), (3, BinaryFormat::MsgPack, true));
+        // Defaults: persistent mode passes --serve; a string is a one-shot path.
+        let c = EngineOptions::from_json(&json!({ "worker": { "mode": "persistent" }, "device": 1 }))
+            .and_then(EngineOptions::into_config)
+            .unwrap();
+        assert_eq!(c.worker.unwrap().args, vec!["--serve".to_string()]);
+        assert_eq!(c.device, DevicePreference::Cuda(Some(1)));
+        let c = EngineOptions::from_json(&Value::Null).and_then(EngineOptions::into_config).unwrap();
+        assert_eq!((c.device, c.max_in_flight, c.worker.is_none()), (DevicePreference::Auto, 65_536, true));
+    }
+
+    #[test]
+    fn field_names_come_from_the_schema() {
+        let names = EngineOptions::field_names();
+        assert!(names.contains(&"maxEnvelopeBytes".to_string()) && names.contains(&"baseDir".to_string()));
+        assert_eq!(names.len(), 13);
+        assert_eq!(WorkerOptions::field_names().len(), 10);
+        // Every listed name deserializes (no drift between the list and serde).
+        for n in names {
+            EngineOptions::from_json(&json!({ n.clone(): null })).unwrap_or_else(|e| panic!("{n}: {e}"));
+        }
+    }
+
+    #[test]
+    fn millis_bounds() {
+        assert!(millis(1e300, "timeoutMs").unwrap_err().message.contains("`timeoutMs`"));
+        assert!(millis(f64::NAN, "timeoutMs").is_err() && millis(-1.0, "timeoutMs").is_err());
+        assert_eq!(millis(1500.0, "x").unwrap(), Duration::from_millis(1500));
+    }
+}
