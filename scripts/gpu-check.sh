@@ -27,9 +27,9 @@ print_commands() {
 set -o pipefail; mkdir -p /root/model && cp -r .gpu/model/. /root/model/ && \
 mkdir -p /work && ln -sfn "$PWD" /work/main && cd /work/main && \
 for f in .gpu/bin/*.xz; do xz -dc "$f" > "${f%.xz}"; chmod +x "${f%.xz}"; done && \
-export CUDA_ENGINE_MODEL=/root/model && nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv && \
-.gpu/bin/cuda_embed --test-threads 1 --nocapture 2>&1 | tee $OUT/tests.log; \
-.gpu/bin/cuda_fault --nocapture 2>&1 | tee -a $OUT/tests.log; \
+export CUDA_ENGINE_MODEL=/root/model CUDA_ENGINE_REQUIRE_GPU=1 && nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv && \
+.gpu/bin/cuda_embed --include-ignored --skip cuda_forward_timings --skip cuda_profile_big_pass --test-threads 1 --nocapture 2>&1 | tee $OUT/tests.log; \
+.gpu/bin/cuda_fault --ignored --nocapture 2>&1 | tee -a $OUT/tests.log; \
 .gpu/bin/cuda_embed --ignored cuda_forward_timings --nocapture 2>&1 | tee -a $OUT/tests.log
 
 == GPU call 2, right after call 1 (carry: [".gpu/node.xz", ".gpu/addon", ".gpu/bench"]) ==

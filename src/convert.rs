@@ -47,7 +47,6 @@ impl JsVal {
         self.raw
     }
 
-
     /// Check an N-API status. A JS exception raised by the call (a getter
     /// that throws, a Proxy trap) is cleared here, so it fails only this
     /// call, and becomes `E_INVALID_ARG` with its message.
@@ -87,7 +86,9 @@ impl JsVal {
         let (mut kind, mut len, mut data, mut ab, mut off) = (0, 0usize, ptr::null_mut(), ptr::null_mut(), 0usize);
         // SAFETY: the value is a typed array (checked above).
         self.status(
-            unsafe { sys::napi_get_typedarray_info(self.env, self.raw, &mut kind, &mut len, &mut data, &mut ab, &mut off) },
+            unsafe {
+                sys::napi_get_typedarray_info(self.env, self.raw, &mut kind, &mut len, &mut data, &mut ab, &mut off)
+            },
             "a typed array",
         )?;
         Ok(Some(TypedView { kind, data: data as *const u8, len }))
@@ -109,7 +110,9 @@ impl JsVal {
         // SAFETY: null sign and buffer ask for the word count only (Node
         // rejects a sign pointer without a buffer).
         self.status(
-            unsafe { sys::napi_get_value_bigint_words(self.env, self.raw, ptr::null_mut(), &mut count, ptr::null_mut()) },
+            unsafe {
+                sys::napi_get_value_bigint_words(self.env, self.raw, ptr::null_mut(), &mut count, ptr::null_mut())
+            },
             "a BigInt",
         )?;
         let mut words = [0u64; 2];
@@ -374,7 +377,7 @@ impl JsonWalker {
     /// Convert with JSON.stringify semantics: `undefined`, functions and
     /// symbols are dropped from objects and become null in arrays.
     /// Returns None for values JSON would drop.
-    pub fn to_json(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Option<Value>> {
+    pub fn walk(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Option<Value>> {
         let t = v.type_of()?;
         Ok(Some(match t {
             sys::ValueType::napi_undefined => return Ok(None),
@@ -425,7 +428,7 @@ impl JsonWalker {
                     for i in 0..n {
                         use std::fmt::Write;
                         let _ = write!(path, "[{i}]");
-                        let item = self.to_json(v.element(i)?, path, depth + 1)?;
+                        let item = self.walk(v.element(i)?, path, depth + 1)?;
                         path.truncate(base);
                         items.push(item.unwrap_or(Value::Null));
                     }
@@ -448,7 +451,7 @@ impl JsonWalker {
                         self.spend(name.len() + 3, path)?;
                         path.push('.');
                         path.push_str(&name);
-                        let item = self.to_json(v.property(key)?, path, depth + 1)?;
+                        let item = self.walk(v.property(key)?, path, depth + 1)?;
                         path.truncate(base);
                         if let Some(item) = item {
                             map.insert(name, item);
@@ -529,7 +532,7 @@ pub fn envelope_input(v: JsVal, limits: &Limits) -> Result<EnvelopeInput> {
                 } else {
                     let mut walker = JsonWalker::new(limits);
                     let mut path = String::from("payload");
-                    raw.payload = walker.to_json(payload, &mut path, 0)?;
+                    raw.payload = walker.walk(payload, &mut path, 0)?;
                 }
             }
             Ok(EnvelopeInput::Raw(raw))
@@ -636,7 +639,7 @@ fn flag(v: JsVal, key: &std::ffi::CStr, name: &str) -> Result<Option<bool>> {
 pub fn options_json(v: Option<JsVal>) -> Result<Value> {
     let Some(v) = v else { return Ok(Value::Null) };
     let mut path = String::from("options");
-    Ok(JsonWalker::for_options().to_json(v, &mut path, 0)?.unwrap_or(Value::Null))
+    Ok(JsonWalker::for_options().walk(v, &mut path, 0)?.unwrap_or(Value::Null))
 }
 
 /// Builds job-result objects with a JS object literal: V8 gives every result

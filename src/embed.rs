@@ -1,8 +1,8 @@
 //! `embed(text | texts, options)`: strings in, Float32Array(s) out, with no
 //! copy through JS arrays.
 
-use cuda_engine_core::err;
 use cuda_engine_core::embedder::EmbedOptions;
+use cuda_engine_core::err;
 use cuda_engine_core::Result;
 use napi::bindgen_prelude::*;
 use napi::sys;

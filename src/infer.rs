@@ -17,9 +17,9 @@ use napi_derive::napi;
 use serde_json::{Map, Value};
 
 use crate::convert::{call_options, json_to_js, JsVal, JsonWalker, ParsedCall, TypedView, MAX_ARRAY_ELEMENTS};
-use cuda_engine_core::options::CALL_OPTIONS;
 use crate::task::spawn_job;
 use crate::{Engine, EngineRef};
+use cuda_engine_core::options::CALL_OPTIONS;
 
 /// Nesting accepted in a plain `data` array ([batch, seq, hidden] is 3).
 const MAX_DATA_DEPTH: usize = 32;
@@ -52,12 +52,12 @@ fn view_tensor(view: &TypedView, dt: DataType, what: &str) -> Result<TensorData>
         (DataType::Uint64, T::biguint64_array) => TensorData::Uint64(view.copy()),
         _ => {
             return Err(err!(
-            InvalidArg,
-            "{what}: datatype {} does not match {} (use {}, a plain array, or a Uint8Array of little-endian bytes)",
-            dt.as_str(),
-            view.name(),
-            typed_array_for(dt)
-        ))
+                InvalidArg,
+                "{what}: datatype {} does not match {} (use {}, a plain array, or a Uint8Array of little-endian bytes)",
+                dt.as_str(),
+                view.name(),
+                typed_array_for(dt)
+            ))
         }
     })
 }
@@ -81,14 +81,7 @@ fn typed_array_for(dt: DataType) -> &'static str {
 }
 
 /// Walk a plain (possibly nested) array into `out`, row-major.
-fn walk_data(
-    env: sys::napi_env,
-    v: JsVal,
-    out: &mut ElemBuilder,
-    dt: DataType,
-    what: &str,
-    depth: usize,
-) -> Result<()> {
+fn walk_data(v: JsVal, out: &mut ElemBuilder, dt: DataType, what: &str, depth: usize) -> Result<()> {
     if depth > MAX_DATA_DEPTH {
         return Err(err!(InvalidArg, "{what}: `data` is nested deeper than {MAX_DATA_DEPTH} levels"));
     }
@@ -112,7 +105,7 @@ fn walk_data(
             sys::ValueType::napi_boolean => Elem::Bool(x.boolean()?),
             sys::ValueType::napi_string => Elem::Bytes(x.string()?.into_bytes()),
             sys::ValueType::napi_object if x.is_array() => {
-                walk_data(env, x, out, dt, what, depth + 1)?;
+                walk_data(x, out, dt, what, depth + 1)?;
                 continue;
             }
             sys::ValueType::napi_object => match x.typed_view()? {
@@ -138,7 +131,7 @@ fn walk_data(
     Ok(())
 }
 
-fn read_data(env: sys::napi_env, v: JsVal, dt: DataType, what: &str) -> Result<TensorData> {
+fn read_data(v: JsVal, dt: DataType, what: &str) -> Result<TensorData> {
     if let Some(t) = v.typed_view()? {
         return view_tensor(&t, dt, what);
     }
@@ -152,10 +145,13 @@ fn read_data(env: sys::napi_env, v: JsVal, dt: DataType, what: &str) -> Result<T
     }
     let n = v.array_len()?;
     if n > MAX_ARRAY_ELEMENTS {
-        return Err(err!(TooLarge, "{what}: `data` has {n} elements, more than {MAX_ARRAY_ELEMENTS} (send a typed array)"));
+        return Err(err!(
+            TooLarge,
+            "{what}: `data` has {n} elements, more than {MAX_ARRAY_ELEMENTS} (send a typed array)"
+        ));
     }
     let mut b = ElemBuilder::new(dt, (n as usize).min(1 << 16));
-    walk_data(env, v, &mut b, dt, what, 0)?;
+    walk_data(v, &mut b, dt, what, 0)?;
     Ok(b.finish())
 }
 
@@ -178,13 +174,13 @@ fn params(v: JsVal, field: &str, walker: &mut JsonWalker) -> Result<Option<Map<S
         return Ok(None);
     }
     let mut path = format!("{field}parameters");
-    match walker.to_json(p, &mut path, 1)? {
+    match walker.walk(p, &mut path, 1)? {
         Some(Value::Object(m)) => Ok(Some(m)),
         _ => Err(err!(InvalidArg, "`{field}parameters` must be an object, got {}", p.kind_name())),
     }
 }
 
-fn read_tensor(env: sys::napi_env, v: JsVal, field: &str, walker: &mut JsonWalker) -> Result<InferTensor> {
+fn read_tensor(v: JsVal, field: &str, walker: &mut JsonWalker) -> Result<InferTensor> {
     if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
         return Err(err!(
             InvalidArg,
@@ -227,13 +223,13 @@ fn read_tensor(env: sys::napi_env, v: JsVal, field: &str, walker: &mut JsonWalke
     if data_v.is_nullish()? {
         return Err(err!(InvalidArg, "{what}: `data` is missing"));
     }
-    let data = read_data(env, data_v, dt, &what)?;
+    let data = read_data(data_v, dt, &what)?;
     let parameters = params(v, &format!("{field}."), walker)?;
     Ok(InferTensor { name, shape, data, parameters })
 }
 
 /// Read `infer()`'s request object on the JS thread (copies only).
-pub fn infer_request(env: sys::napi_env, v: JsVal, walker: &mut JsonWalker) -> Result<InferRequest> {
+pub fn infer_request(v: JsVal, walker: &mut JsonWalker) -> Result<InferRequest> {
     if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
         return Err(err!(InvalidArg, "infer() takes a request object {{inputs: [...]}}, got {}", v.kind_name()));
     }
@@ -247,7 +243,7 @@ pub fn infer_request(env: sys::napi_env, v: JsVal, walker: &mut JsonWalker) -> R
     }
     let mut inputs = Vec::new();
     for i in 0..inputs_v.array_len()? {
-        inputs.push(read_tensor(env, inputs_v.element(i)?, &format!("inputs[{i}]"), walker)?);
+        inputs.push(read_tensor(inputs_v.element(i)?, &format!("inputs[{i}]"), walker)?);
     }
     let outputs_v = v.get(c"outputs")?;
     let outputs = if outputs_v.is_nullish()? {
@@ -338,7 +334,7 @@ pub fn infer_impl<'e>(
     let raw_env = env.raw();
     let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)), CALL_OPTIONS);
     let mut walker = JsonWalker::new(&engine.limits());
-    let request = infer_request(raw_env, JsVal::new(raw_env, request.value().value), &mut walker);
+    let request = infer_request(JsVal::new(raw_env, request.value().value), &mut walker);
     spawn_job(env, parsed, move |call| async move { engine.get().await?.infer(request?, call).await }, response_to_js)
 }
 

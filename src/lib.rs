@@ -1,8 +1,6 @@
 //! N-API surface of cuda-engine: argument conversion, error mapping and the
 //! `Engine` class. All logic lives in `cuda-engine-core`.
 
-#![deny(clippy::all)]
-
 mod convert;
 mod embed;
 mod error;
@@ -91,7 +89,7 @@ fn submit_impl<'e>(
             let input = input?;
             engine.get().await?.submit(input, call).await
         },
-        |env, result| job_result_to_js(env, result),
+        job_result_to_js,
     )
 }
 
@@ -164,7 +162,7 @@ pub fn find_cuda_worker_path(env: &Env, options: Option<DiscoveryOptions>) -> Re
     let denv = DiscoveryEnv::from_process();
     match discovery::find_worker(&base, &denv) {
         Ok((path, _)) => Ok(Some(path.display().to_string())),
-        Err(_) if std::env::var_os("CUDA_WORKER_PATH").map_or(true, |v| v.is_empty()) => Ok(None),
+        Err(_) if std::env::var_os("CUDA_WORKER_PATH").is_none_or(|v| v.is_empty()) => Ok(None),
         Err(e) => Err(to_napi(env, e)),
     }
 }

@@ -21,8 +21,8 @@ use napi::JsError;
 use tokio_util::sync::CancellationToken;
 
 use crate::convert::{take_exception, JsVal, ParsedCall};
-use cuda_engine_core::err;
 use crate::error::to_napi;
+use cuda_engine_core::err;
 
 /// Polls the inner future inside `catch_unwind`, so a panic in a job becomes
 /// `E_INTERNAL` for that job instead of a lost Promise or an abort.
@@ -122,7 +122,8 @@ impl SignalHook {
             sys::napi_get_reference_value(self.env, self.signal, &mut signal);
             sys::napi_get_reference_value(self.env, self.listener, &mut listener);
             if !signal.is_null() && !listener.is_null() {
-                let _ = call_method(self.env, signal, c"removeEventListener", &[js_string(self.env, c"abort"), listener]);
+                let _ =
+                    call_method(self.env, signal, c"removeEventListener", &[js_string(self.env, c"abort"), listener]);
             }
             sys::napi_delete_reference(self.env, self.signal);
             sys::napi_delete_reference(self.env, self.listener);
@@ -175,11 +176,14 @@ impl Completer {
     }
 }
 
+/// Builds a job's JS value (or its rejection) from its boxed outcome, on the JS thread.
+type Settle = Box<dyn FnOnce(&Env, Box<dyn Any + Send>) -> napi::Result<sys::napi_value>>;
+
 /// What the JS thread keeps for a job until it settles.
 struct Pending {
     deferred: sys::napi_deferred,
     hook: Option<SignalHook>,
-    settle: Box<dyn FnOnce(&Env, Box<dyn Any + Send>) -> napi::Result<sys::napi_value>>,
+    settle: Settle,
 }
 
 /// Per-JS-thread state (each Node environment runs on its own thread).
@@ -334,10 +338,12 @@ where
     }
     // A signal that cannot be hooked fails this call alone (rejects).
     let (hook, bad_options) = match signal {
-        Some(s) if !already_aborted && bad_options.is_none() => match SignalHook::install(env, s, call.cancel.clone()) {
-            Ok(h) => (Some(h), None),
-            Err(e) => (None, Some(e)),
-        },
+        Some(s) if !already_aborted && bad_options.is_none() => {
+            match SignalHook::install(env, s, call.cancel.clone()) {
+                Ok(h) => (Some(h), None),
+                Err(e) => (None, Some(e)),
+            }
+        }
         _ => (None, bad_options),
     };
     let raw = env.raw();

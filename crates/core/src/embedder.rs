@@ -217,7 +217,12 @@ impl Embedder {
     /// (more than `max_texts_per_call`), `E_TOO_LONG` (a text over max
     /// tokens with `truncate: false`, naming its index), `E_OVERLOADED`,
     /// `E_CANCELLED`, backend errors.
-    pub async fn embed(&self, texts: Vec<String>, opts: EmbedOptions, cancel: CancellationToken) -> Result<Vec<Vec<f32>>> {
+    pub async fn embed(
+        &self,
+        texts: Vec<String>,
+        opts: EmbedOptions,
+        cancel: CancellationToken,
+    ) -> Result<Vec<Vec<f32>>> {
         self.embed_timed(texts, opts, cancel).await.map(|(v, _)| v)
     }
 
@@ -340,4 +345,3 @@ pub fn l2_normalize(v: &mut [f32]) {
         *x /= norm;
     }
 }
-

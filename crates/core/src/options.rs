@@ -187,7 +187,8 @@ impl EngineOptions {
                 .ok_or_else(|| err!(InvalidArg, "`options.dtype` must be 'fp16', 'bf16' or 'fp32', got {d:?}"))?;
         }
         embedder.threads = int(self.threads, "threads", 1, 4096)?;
-        embedder.max_batch_tokens = int(self.max_batch_tokens, "maxBatchTokens", 1, 1 << 24)?.unwrap_or(batch.max_batch_tokens);
+        embedder.max_batch_tokens =
+            int(self.max_batch_tokens, "maxBatchTokens", 1, 1 << 24)?.unwrap_or(batch.max_batch_tokens);
         embedder.max_batch_seqs = int(self.max_batch_size, "maxBatchSize", 1, 1 << 20)?.unwrap_or(batch.max_batch_seqs);
         embedder.max_queued_texts =
             int(self.max_queued_texts, "maxQueuedTexts", 1, 1 << 30)?.unwrap_or(batch.max_queued_texts);
@@ -251,9 +252,14 @@ fn worker_config(spec: &Value, base_dir: &Path) -> Result<WorkerConfig> {
     match (o.discover, o.path) {
         (_, Some(p)) if p.is_empty() => return Err(err!(InvalidArg, "`options.worker.path` is an empty string")),
         (Some(true), Some(_)) => {
-            return Err(err!(InvalidArg, "`options.worker.discover: true` conflicts with `options.worker.path`: give one"))
+            return Err(err!(
+                InvalidArg,
+                "`options.worker.discover: true` conflicts with `options.worker.path`: give one"
+            ))
         }
-        (Some(false), None) => return Err(err!(InvalidArg, "`options.worker.discover: false` needs `options.worker.path`")),
+        (Some(false), None) => {
+            return Err(err!(InvalidArg, "`options.worker.discover: false` needs `options.worker.path`"))
+        }
         (_, path) => c.path = path.map(PathBuf::from),
     }
     if let Some(args) = o.args {
@@ -272,9 +278,8 @@ fn worker_config(spec: &Value, base_dir: &Path) -> Result<WorkerConfig> {
         c.pool_size = n;
     }
     if let Some(f) = o.binary_format {
-        c.binary_format = BinaryFormat::parse(&f).ok_or_else(|| {
-            err!(InvalidArg, "`options.worker.binaryFormat` must be 'cbor' or 'msgpack', got {f:?}")
-        })?;
+        c.binary_format = BinaryFormat::parse(&f)
+            .ok_or_else(|| err!(InvalidArg, "`options.worker.binaryFormat` must be 'cbor' or 'msgpack', got {f:?}"))?;
     }
     if let Some(b) = o.reap_orphans {
         c.reap_orphans = b;
@@ -284,7 +289,8 @@ fn worker_config(spec: &Value, base_dir: &Path) -> Result<WorkerConfig> {
 
 /// `device`: `'auto'` | `'cuda'` | `'cpu'` | a device index.
 fn parse_device(v: Option<&Value>) -> Result<DevicePreference> {
-    let bad = |got: String| err!(InvalidArg, "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {got}");
+    let bad =
+        |got: String| err!(InvalidArg, "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {got}");
     match v {
         None | Some(Value::Null) => Ok(DevicePreference::Auto),
         Some(Value::String(s)) => DevicePreference::parse(s).ok_or_else(|| bad(format!("{s:?}"))),

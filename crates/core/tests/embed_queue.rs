@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use cuda_engine_core::backend::cpu::CpuBackend;
 use cuda_engine_core::backend::{Backend, ForwardOutput, TokenBatch};
-use cuda_engine_core::model::{BertWeights, ModelConfig, TextTokenizer};
 use cuda_engine_core::embedder::{EmbedOptions, Embedder, EmbedderOptions};
+use cuda_engine_core::model::{BertWeights, ModelConfig, TextTokenizer};
 use cuda_engine_core::{ErrorCode, Result};
 use tokio_util::sync::CancellationToken;
 

@@ -10,11 +10,11 @@ mod worker_support;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cuda_engine_core::embedder::EmbedOptions;
 use cuda_engine_core::engine::{CallOptions, Engine, EnvelopeInput};
-use cuda_engine_core::options::EngineOptions;
 use cuda_engine_core::infer::{InferRequest, InferResponse, InferTensor, RequestedOutput, TensorData};
 use cuda_engine_core::jobs::{JobOutput, Target};
-use cuda_engine_core::embedder::EmbedOptions;
+use cuda_engine_core::options::EngineOptions;
 use cuda_engine_core::{CoreError, ErrorCode};
 use serde_json::{json, Value};
 

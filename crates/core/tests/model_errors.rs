@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use cuda_engine_core::model::{BertWeights, ModelConfig, Pooling};
 use cuda_engine_core::embedder::{EmbedOptions, Embedder, EmbedderOptions};
+use cuda_engine_core::model::{BertWeights, ModelConfig, Pooling};
 use cuda_engine_core::{CoreError, ErrorCode};
 use tokio_util::sync::CancellationToken;
 

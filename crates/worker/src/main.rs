@@ -17,11 +17,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use cuda_engine_core::engine::{CallOptions, Engine, EnvelopeInput, ModelLoading};
-use cuda_engine_core::options::EngineOptions;
 use cuda_engine_core::envelope::{Payload, RawEnvelope};
 use cuda_engine_core::err;
 use cuda_engine_core::error::Result;
 use cuda_engine_core::jobs::{JobOutput, Target};
+use cuda_engine_core::options::EngineOptions;
 use cuda_engine_core::worker::protocol::{self, BinaryFormat, Request, FRAME_HEADER_LEN, FRAME_TAG};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};

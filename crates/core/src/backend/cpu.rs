@@ -299,32 +299,33 @@ impl CpuBackend {
             let mut scratch = Vec::new();
             for r in ranges {
                 for head in 0..nh {
+                    let mut out = simd::HeadRows::of_slice(&mut ctx[r.start * h + head * d..], h, d, r.len());
                     simd::attention_head(
                         &qkv[r.start * 3 * h + head * d..],
                         h,
                         r.len(),
                         d,
                         scale,
-                        &mut ctx[r.start * h + head * d..],
+                        &mut out,
                         &mut scratch,
                     );
                 }
             }
             return;
         }
+        assert!(ranges.iter().all(|r| r.end * h <= ctx.len()));
         let ctx_ptr = SendPtr(ctx.as_mut_ptr());
-        let ctx_len = ctx.len();
         let jobs: Vec<(usize, usize)> = (0..ranges.len()).flat_map(|s| (0..nh).map(move |hd| (s, hd))).collect();
         jobs.into_par_iter().for_each_init(Vec::new, |scratch, (s, head)| {
             let r = &ranges[s];
             let off = r.start * h + head * d;
-            // SAFETY: job (s, head) writes only rows r of columns
-            // head·d..head·d+d of `ctx`; no two jobs share such a block, and
-            // `ctx` outlives the parallel loop. The slice handed out spans
-            // further (to the end of `ctx`), but attention_head writes only
-            // that block through it.
-            let out = unsafe { std::slice::from_raw_parts_mut(ctx_ptr.get().add(off), ctx_len - off) };
-            simd::attention_head(&qkv[r.start * 3 * h + head * d..], h, r.len(), d, scale, out, scratch);
+            // SAFETY: job (s, head) gets rows r of columns head·d..head·d+d
+            // of `ctx` (in bounds: asserted above); sequences' ranges are
+            // disjoint and heads' columns are, so no two jobs share an
+            // element, and `ctx` (borrowed mutably by this function) outlives
+            // the parallel loop. Nothing else touches `ctx` meanwhile.
+            let mut out = unsafe { simd::HeadRows::from_raw(ctx_ptr.get().add(off), h, d, r.len()) };
+            simd::attention_head(&qkv[r.start * 3 * h + head * d..], h, r.len(), d, scale, &mut out, scratch);
         });
     }
 }

@@ -65,7 +65,7 @@ dispatch! {
 }
 dispatch! {
     /// Attention of one head of one sequence; see [`attention_head_body`].
-    pub fn attention_head(qkv: &[f32], h: usize, l: usize, d: usize, scale: f32, ctx: &mut [f32], scratch: &mut Vec<f32>) => attention_head_body
+    pub fn attention_head(qkv: &[f32], h: usize, l: usize, d: usize, scale: f32, ctx: &mut HeadRows<'_>, scratch: &mut Vec<f32>) => attention_head_body
 }
 #[inline(always)]
 fn bias_act_body(x: &mut [f32], bias: &[f32], act: Activation) {
@@ -146,8 +146,58 @@ fn embed_ln_body(
 /// the `[·, h]` context. Register-blocked loops: 8 keys' scores (one
 /// vector) accumulate over the head dimension against a transposed,
 /// zero-padded K; 16 context columns accumulate over the keys.
+/// The output of one attention head of one sequence: `l` rows of `d`
+/// floats, `stride` apart, inside the `[m, H]` context buffer. Parallel
+/// head jobs each own one such strided block; handing them `&mut [f32]`
+/// slices would overlap (every row's slice spans the other heads' columns),
+/// so a job gets this instead and borrows one row at a time.
+pub struct HeadRows<'a> {
+    ptr: *mut f32,
+    stride: usize,
+    d: usize,
+    l: usize,
+    _buf: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a HeadRows is the only way to its elements while it lives (see
+// `new`), so moving it to another thread moves that exclusive access.
+unsafe impl Send for HeadRows<'_> {}
+
+impl<'a> HeadRows<'a> {
+    /// Rows `i * stride .. i * stride + d` (`i < l`) of `buf`.
+    pub fn of_slice(buf: &'a mut [f32], stride: usize, d: usize, l: usize) -> HeadRows<'a> {
+        assert!(d <= stride && (l == 0 || (l - 1) * stride + d <= buf.len()));
+        HeadRows { ptr: buf.as_mut_ptr(), stride, d, l, _buf: std::marker::PhantomData }
+    }
+
+    /// # Safety
+    /// `ptr` must be valid for reads and writes of rows `i * stride ..
+    /// i * stride + d` for every `i < l` for `'a`, and nothing else may
+    /// access those elements during `'a` (other HeadRows over the same
+    /// buffer must cover disjoint rows or columns).
+    pub unsafe fn from_raw(ptr: *mut f32, stride: usize, d: usize, l: usize) -> HeadRows<'a> {
+        HeadRows { ptr, stride, d, l, _buf: std::marker::PhantomData }
+    }
+
+    /// Row `i` (`d` floats).
+    pub fn row(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.l);
+        // SAFETY: in bounds and exclusive by the constructors' contracts;
+        // `&mut self` keeps to one row borrowed at a time.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.stride), self.d) }
+    }
+}
+
 #[inline(always)]
-fn attention_head_body(qkv: &[f32], h: usize, l: usize, d: usize, scale: f32, ctx: &mut [f32], scratch: &mut Vec<f32>) {
+fn attention_head_body(
+    qkv: &[f32],
+    h: usize,
+    l: usize,
+    d: usize,
+    scale: f32,
+    ctx: &mut HeadRows<'_>,
+    scratch: &mut Vec<f32>,
+) {
     const JB: usize = 8;
     const CB: usize = 16;
     let h3 = 3 * h;
@@ -181,7 +231,7 @@ fn attention_head_body(qkv: &[f32], h: usize, l: usize, d: usize, scale: f32, ct
             *v = exp_f32(*v * scale - max);
         }
         let inv = 1.0 / sum_lanes(srow);
-        let out = &mut ctx[i * h..][..d];
+        let out = ctx.row(i);
         let mut c0 = 0;
         while c0 + CB <= d {
             let mut acc = [0f32; CB];

@@ -4,7 +4,7 @@
 //! # Contract
 //!
 //! A backend is built once from the loaded model ([`crate::model::BertWeights`]
-//! + [`crate::model::ModelConfig`]) and then runs many [`TokenBatch`]es. The
+//! and [`crate::model::ModelConfig`]) and then runs many [`TokenBatch`]es. The
 //! batch is **packed**: the tokens of all sequences are concatenated
 //! (`[total_tokens]`, no padding) and `cu_seqlens` marks where each sequence
 //! starts, the layout of FlashAttention's varlen API and TEI. Attention never

@@ -746,4 +746,3 @@ pub fn is_metadata_query(payload: &Value) -> bool {
 pub fn requested_model(payload: &Value) -> Option<&str> {
     payload.get("model_name").and_then(Value::as_str)
 }
-

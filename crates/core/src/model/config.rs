@@ -169,7 +169,7 @@ impl BertConfig {
             layer_norm_eps: eps,
             hidden_act: act,
         };
-        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(err!(
                 Model,
                 "{F}: `hidden_size` {} is not a multiple of `num_attention_heads` {}",

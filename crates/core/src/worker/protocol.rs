@@ -684,6 +684,26 @@ pub fn encode_response(
     }
 }
 
+/// Write queued messages (lines or frames) to `w`, flushing once per burst:
+/// everything already queued goes out with one flush (group commit), so many
+/// jobs in flight cost few syscalls. Used on both ends of the pipe (the
+/// adapter's stdin writer and `cuda-worker --serve`'s stdout writer).
+/// Returns when the channel closes, or with the first write error.
+pub async fn write_batched<W>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>, w: &mut W) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    while let Some(m) = rx.recv().await {
+        w.write_all(&m).await?;
+        while let Ok(m) = rx.try_recv() {
+            w.write_all(&m).await?;
+        }
+        w.flush().await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -758,24 +778,4 @@ mod tests {
         assert!(parse_json_response(b"{\"ok\":true}").is_err());
         assert!(parse_frame_response(BinaryFormat::Cbor, &[0xff, 0x00]).is_err());
     }
-}
-
-/// Write queued messages (lines or frames) to `w`, flushing once per burst:
-/// everything already queued goes out with one flush (group commit), so many
-/// jobs in flight cost few syscalls. Used on both ends of the pipe (the
-/// adapter's stdin writer and `cuda-worker --serve`'s stdout writer).
-/// Returns when the channel closes, or with the first write error.
-pub async fn write_batched<W>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>, w: &mut W) -> std::io::Result<()>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::AsyncWriteExt;
-    while let Some(m) = rx.recv().await {
-        w.write_all(&m).await?;
-        while let Ok(m) = rx.try_recv() {
-            w.write_all(&m).await?;
-        }
-        w.flush().await?;
-    }
-    Ok(())
 }
