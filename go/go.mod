@@ -1,0 +1,3 @@
+module cuda-engine/go
+
+go 1.19
