@@ -284,13 +284,14 @@ export declare class Engine {
    */
   static open(options?: EngineOptions): Promise<Engine>
   submit(envelope: Envelope | string | Uint8Array, options?: CallOptions): Promise<JobResult>
-  embed(input: string | string[], options?: EmbedOptions): Promise<Float32Array | Float32Array[]>
   health(): Promise<Health>
   /**
-   * Stop accepting work; in-flight jobs finish or are cancelled; resources
-   * (worker processes, GPU memory) are released. Idempotent.
+   * Stop admitting calls (new ones reject with `E_CLOSED`), wait up to
+   * `drainMs` (default 30,000) for the calls in flight, cancel the rest
+   * (`E_CANCELLED`), then release the worker processes and the model.
+   * Idempotent.
    */
-  close(): Promise<void>
+  close(options?: CloseOptions): Promise<void>
 }
 
 /** Every candidate discovery checks, in order (what `health().cuda_path` shows). */
@@ -302,10 +303,11 @@ export interface DiscoveryOptions {
 }
 
 /**
- * Embed one text (resolves to a Float32Array) or many (Float32Array[], in
- * order) with the engine's model.
+ * The error-code table, defined once in core: `[{ code, http_status, meaning }]`
+ * (the same as `docs/error-codes.json`). Services map codes to HTTP statuses
+ * with it instead of keeping their own copy.
  */
-export declare function embed(input: string | string[], options?: EmbedOptions): Promise<Float32Array | Float32Array[]>
+export declare function errorCodes(): ErrorCodeInfo[]
 
 /**
  * The worker that the shared discovery rules pick (docs/discovery.md), or
@@ -325,6 +327,12 @@ export declare function infer(request: InferRequest, options?: CallOptions): Pro
 
 /** Metadata of the models served locally, in the protocol's shape. */
 export declare function models(): Promise<ModelMetadata[]>
+
+/**
+ * The option names of the one schema (crates/core/src/options.rs), for
+ * tools and tests: `{ engine, worker, call, embed, close }`.
+ */
+export declare function optionNames(): { engine: string[]; worker: string[]; call: string[]; embed: string[]; close: string[] }
 
 /**
  * Run a job envelope: `{type, payload}` or `{type, payload_b64}`, given as an

@@ -204,6 +204,7 @@ test('Engine.open validates options; closed engines reject', async () => {
   await e.close()
   await e.close()
   const err = await rejection(e.submit({ type: 'echo', payload: 1 }))
+  assert.equal(err.code, 'E_CLOSED')
   assert.match(err.message, /closed/)
   assert.equal((await e.health()).status, 'error')
 })

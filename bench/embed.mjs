@@ -13,7 +13,8 @@ import os from 'node:os'
 import path from 'node:path'
 
 const require = createRequire(import.meta.url)
-const { Engine } = require('../index.js')
+// CUDA_ENGINE_ADDON: another build's index.js, for before/after runs in one session.
+const { Engine } = require(process.env.CUDA_ENGINE_ADDON || '../index.js')
 
 const argv = process.argv.slice(2)
 const opt = (name, def) => (argv.includes(`--${name}`) ? argv[argv.indexOf(`--${name}`) + 1] : def)

@@ -9,7 +9,8 @@ import os from 'node:os'
 import { existsSync } from 'node:fs'
 
 const require = createRequire(import.meta.url)
-const { submit } = require('../index.js')
+// CUDA_ENGINE_ADDON: another build's index.js, for before/after runs in one session.
+const { submit } = require(process.env.CUDA_ENGINE_ADDON || '../index.js')
 
 const args = process.argv.slice(2)
 const seconds = Number(args[args.indexOf('--seconds') + 1]) || 3

@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
-# The test command (README "Test"): sets up what it needs, builds the addon,
-# runs the Rust tests of the workspace and the node:test suites.
+# The test command (README "Test"): sets up what it needs, runs the gates
+# (format, lints, types, module graph), builds the addon and the worker,
+# runs the Rust tests of the workspace, the Go package's tests and the
+# node:test suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# JS tooling (@napi-rs/cli) from the lock file.
-if [ ! -x node_modules/.bin/napi ]; then
+# JS tooling (@napi-rs/cli, typescript) from the lock file.
+if [ ! -x node_modules/.bin/napi ] || [ ! -x node_modules/.bin/tsc ]; then
   npm ci --no-audit --no-fund
 fi
 
-# The test model (pinned, checked by sha256), when the script exists.
-if [ -f scripts/fetch-model.sh ]; then
-  bash scripts/fetch-model.sh
-fi
+# The test model (pinned, checked by sha256).
+bash scripts/fetch-model.sh
+
+# Gates: they fail fast, before the long builds.
+cargo fmt --all -- --check
+python3 scripts/check-core-cycles.py
+bash scripts/check-ts.sh
+cargo clippy --release --workspace --all-targets -- -D warnings
 
 # The addon (.node) and the workspace binaries (cuda-worker) in release mode.
 npx napi build --platform --release
 cargo build --release --workspace --bins
 
 cargo test --release --workspace
+if [ -f scripts/test-go.sh ]; then
+  CI_REQUIRE_WORKER=1 bash scripts/test-go.sh
+fi
 node --test __test__/

@@ -743,9 +743,46 @@ pub fn json_to_js<'e>(env: &'e Env, v: &Value) -> napi::Result<Unknown<'e>> {
         Value::Object(map) => {
             let mut obj = Object::new(env)?;
             for (k, item) in map {
-                obj.set_named_property(k, json_to_js(env, item)?)?;
+                let value = json_to_js(env, item)?;
+                if k == "__proto__" || k.contains('\0') {
+                    define_own_property(env, &obj, k, value)?;
+                } else {
+                    obj.set_named_property(k, value)?;
+                }
             }
             obj.into_unknown(env)?
         }
     })
+}
+
+/// `Object.defineProperty(obj, key, {value, writable, enumerable,
+/// configurable})`, as `JSON.parse` creates keys: `__proto__` becomes an own
+/// property (assignment would set the prototype: a pollution shape) and
+/// keys with NUL characters work (named setters take C strings).
+fn define_own_property(env: &Env, obj: &Object, key: &str, value: Unknown<'_>) -> napi::Result<()> {
+    let raw = env.raw();
+    let mut name = ptr::null_mut();
+    // SAFETY: JS thread; `key` is valid UTF-8 of the given length.
+    let status = unsafe { sys::napi_create_string_utf8(raw, key.as_ptr().cast(), key.len() as isize, &mut name) };
+    if status != sys::Status::napi_ok {
+        return Err(napi::Error::new(Status::GenericFailure, "cannot create a property name"));
+    }
+    let desc = sys::napi_property_descriptor {
+        utf8name: ptr::null(),
+        name,
+        method: None,
+        getter: None,
+        setter: None,
+        value: value.value().value,
+        attributes: sys::PropertyAttributes::writable
+            | sys::PropertyAttributes::enumerable
+            | sys::PropertyAttributes::configurable,
+        data: ptr::null_mut(),
+    };
+    // SAFETY: JS thread; one valid descriptor for a live object.
+    let status = unsafe { sys::napi_define_properties(raw, obj.raw(), 1, &desc) };
+    if status != sys::Status::napi_ok {
+        return Err(napi::Error::new(Status::GenericFailure, "cannot define a property"));
+    }
+    Ok(())
 }

@@ -257,6 +257,9 @@ impl Engine {
     #[napi(catch_unwind, ts_args_type = "options?: CloseOptions", ts_return_type = "Promise<void>")]
     pub fn close<'e>(&self, env: &'e Env, options: Option<Unknown<'e>>) -> Result<PromiseRaw<'e, Unknown<'e>>> {
         let drain = close_options(options.map(|o| JsVal::new(env.raw(), o.value().value)));
+        if drain.is_ok() {
+            self.inner.stop_admitting();
+        }
         let inner = self.inner.clone();
         spawn_job(
             env,

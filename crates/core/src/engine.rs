@@ -541,7 +541,7 @@ impl Engine {
     /// stop the worker and drop the model. Idempotent; concurrent closes all
     /// return once the engine is shut.
     pub async fn close(&self, drain: Duration) {
-        self.closed.store(true, Ordering::Release);
+        self.stop_admitting();
         if !self.wait_idle(drain).await {
             self.shutdown.cancel();
             self.wait_idle(CANCEL_GRACE).await;
@@ -553,6 +553,13 @@ impl Engine {
         // holds the embedder any more.
         let _serialized = self.loading.lock().await;
         lock(&self.embedder).take();
+    }
+
+    /// The first step of `close`, synchronous: from now on every call is
+    /// `E_CLOSED`. The binding calls it on the JS thread so that a call made
+    /// right after `engine.close()` returns is already refused.
+    pub fn stop_admitting(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Wait until no call is admitted, at most `limit`; true when idle.

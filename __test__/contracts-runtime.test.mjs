@@ -1,0 +1,215 @@
+// Issue 9's runtime contracts: the one options schema (misspelled keys are
+// E_INVALID_ARG naming the key and the nearest valid name), model loading at
+// open, health semantics a readiness probe can use, close with drain and
+// E_CLOSED; and the per-call robustness rules (every async export settles
+// with a code from the table whatever it is given).
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { addon, rejection } from './helpers.mjs'
+
+const { Engine, embed, submit, errorCodes } = addon
+const root = path.resolve(import.meta.dirname, '..')
+const codes = new Set(errorCodes().map((c) => c.code))
+const modelDir = process.env.CUDA_ENGINE_MODEL || path.join(root, 'models/all-MiniLM-L6-v2')
+
+async function invalid(promise, ...mustContain) {
+  const err = await rejection(promise)
+  assert.equal(err.code, 'E_INVALID_ARG', `${err.code}: ${err.message}`)
+  for (const s of mustContain) assert.ok(err.message.includes(s), `"${err.message}" lacks ${s}`)
+  return err
+}
+
+test('misspelled engine options reject naming the key and the nearest name', async () => {
+  await invalid(Engine.open({ maxEnvelopBytes: 10 }), '`options.maxEnvelopBytes`', 'did you mean `maxEnvelopeBytes`')
+  await invalid(Engine.open({ devise: 'cuda' }), '`options.devise`', 'did you mean `device`')
+  await invalid(Engine.open({ limits: {} }), '`options.limits`', 'maxEnvelopeBytes')
+  await invalid(Engine.open({ limits: { maxEnvelopeBytes: 1024 } }), '`options.limits`')
+  await invalid(Engine.open({ worker: { pooSize: 2 } }), '`options.worker.pooSize`', 'did you mean `poolSize`')
+  await invalid(Engine.open({ maxInFlight: 'many' }), 'options.maxInFlight')
+  await invalid(Engine.open({ maxJsonDepth: 1e6 }), 'options.maxJsonDepth')
+})
+
+test('engine options that JSON cannot carry reject with a code, never throw', async () => {
+  const cyclic = {}
+  cyclic.self = cyclic
+  for (const bad of [{ maxInFlight: NaN }, { device: Symbol('x') }, cyclic, { model: () => 1 }, 'cpu', [1]]) {
+    let promise
+    assert.doesNotThrow(() => {
+      promise = Engine.open(bad)
+    })
+    const err = await rejection(promise)
+    assert.ok(codes.has(err.code), `${String(err.code)}: ${err.message}`)
+    assert.notEqual(err.code, 'E_INTERNAL')
+  }
+  const getter = { get device() { throw new Error('boom') } }
+  await invalid(Engine.open(getter), 'boom')
+})
+
+test('every documented option opens an engine', async () => {
+  const e = await Engine.open({
+    model: modelDir, device: 'cpu', dtype: 'fp32', threads: 1, baseDir: root,
+    maxEnvelopeBytes: 1 << 20, maxJsonDepth: 16, maxInFlight: 64, maxBatchTokens: 4096,
+    maxBatchSize: 64, maxQueuedTexts: 1000, maxTextsPerCall: 100,
+    worker: { path: path.join(root, 'target/release/cuda-worker'), mode: 'oneshot', args: [], timeoutMs: 5000, reapOrphans: false, maxOutputBytes: 1 << 20, maxStderrBytes: 1024, binaryFormat: 'cbor' },
+  })
+  const err = await rejection(e.embed(new Array(101).fill('x')))
+  assert.equal(err.code, 'E_TOO_LARGE') // maxTextsPerCall applied
+  const big = await rejection(e.submit({ type: 'echo', payload: 'x'.repeat(2 << 20) }))
+  assert.equal(big.code, 'E_TOO_LARGE') // maxEnvelopeBytes applied
+  await e.close()
+})
+
+test('misspelled call and embed options reject naming the key', async () => {
+  await invalid(embed('x', { normalise: false }), '`options.normalise`', 'did you mean `normalize`')
+  await invalid(embed('x', { timeout: 5 }), '`options.timeout`', 'did you mean `timeoutMs`')
+  await invalid(submit({ type: 'echo', payload: 1 }, { normalize: true }), '`options.normalize`')
+  await invalid(submit({ type: 'echo', payload: 1 }, { timeoutMs: 1e300 }), 'options.timeoutMs')
+  await invalid(submit({ type: 'echo', payload: 1 }, { timeoutMs: -1 }), 'options.timeoutMs')
+})
+
+test('a named model that cannot be loaded rejects open with E_MODEL naming it', async () => {
+  const err = await rejection(Engine.open({ model: '/nonexistent/model-dir' }))
+  assert.equal(err.code, 'E_MODEL')
+  assert.ok(err.message.includes('/nonexistent/model-dir'), err.message)
+})
+
+test('health on a CPU-only host with default options is ok', async (t) => {
+  const h = await addon.health()
+  if (h.cuda_available) {
+    t.skip('SKIPPED: a CUDA device is present; this checks the CPU-only semantics')
+    return
+  }
+  assert.equal(h.status, 'ok', JSON.stringify(h.errors))
+  assert.equal(h.backend, 'cpu')
+  assert.equal(h.cuda_available, false)
+  await embed('warm the default model')
+  const after = await addon.health()
+  assert.equal(after.status, 'ok', JSON.stringify(after.errors))
+  assert.equal(after.model.name, 'all-MiniLM-L6-v2')
+  assert.ok(after.errors.some((e) => e.startsWith('cuda:')), 'why CUDA is not used stays in errors')
+})
+
+test('close waits for an in-flight call, then rejects new ones with E_CLOSED', async () => {
+  const e = await Engine.open({ model: modelDir, device: 'cpu', threads: 1 })
+  const texts = Array.from({ length: 300 }, (_, i) => `sentence number ${i} `.repeat(12))
+  const order = []
+  const t0 = Date.now()
+  const inflight = e.embed(texts).then((v) => {
+    order.push('embed')
+    return v
+  })
+  await new Promise((r) => setTimeout(r, 50))
+  const closing = e.close({ drainMs: 60_000 }).then(() => order.push('close'))
+  const late = await rejection(e.embed('too late'))
+  assert.equal(late.code, 'E_CLOSED')
+  const vectors = await inflight
+  await closing
+  assert.equal(vectors.length, texts.length)
+  assert.deepEqual(order, ['embed', 'close'], 'close resolves after the in-flight call')
+  const ms = Date.now() - t0
+  const h = await e.health()
+  assert.equal(h.status, 'error')
+  assert.equal(h.model, null, 'close drops the model')
+  console.log(`# drained an in-flight embed of ${texts.length} texts in ${ms} ms`)
+})
+
+test('close cancels what is left after drainMs with E_CANCELLED', async () => {
+  const e = await Engine.open({ model: modelDir, device: 'cpu', threads: 1 })
+  const texts = Array.from({ length: 2000 }, (_, i) => `another sentence ${i} `.repeat(12))
+  const inflight = rejection(e.embed(texts))
+  await new Promise((r) => setTimeout(r, 50))
+  const t0 = Date.now()
+  await e.close({ drainMs: 100 })
+  const err = await inflight
+  assert.equal(err.code, 'E_CANCELLED')
+  assert.ok(Date.now() - t0 < 5000, 'close returned soon after the drain deadline')
+  await invalid(e.close({ drain: 1 }), '`options.drain`', 'did you mean `drainMs`')
+})
+
+test('with no model anywhere the engine opens, routes worker jobs, and embed says how to get one', () => {
+  // A child with an empty cwd and HOME, so no default model location exists.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ce-nomodel-'))
+  const worker = path.join(root, 'target/release/cuda-worker')
+  const script = `
+    const m = require(${JSON.stringify(path.join(root, 'index.js'))})
+    ;(async () => {
+      const e = await m.Engine.open({ worker: { path: ${JSON.stringify(worker)}, mode: 'persistent' } })
+      const h = await e.health()
+      const r = await e.submit({ type: 'echo', payload: { a: 1 } }, { target: 'worker' })
+      let code = null, message = ''
+      try { await e.embed('x') } catch (err) { code = err.code; message = err.message }
+      await e.close()
+      console.log(JSON.stringify({ model: h.model, status: h.status, backend: r.backend, result: r.result, code, message }))
+    })().catch((err) => { console.log(JSON.stringify({ fatal: err.code + ': ' + err.message })); process.exit(1) })`
+  const env = { ...process.env, HOME: dir, HF_HOME: path.join(dir, 'hf'), HF_HUB_CACHE: '' }
+  delete env.CUDA_ENGINE_MODEL
+  delete env.CUDA_WORKER_PATH
+  const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { cwd: dir, env, encoding: 'utf8' }).trim())
+  fs.rmSync(dir, { recursive: true, force: true })
+  assert.equal(out.model, null)
+  assert.equal(out.status, 'ok')
+  assert.equal(out.backend, 'worker')
+  assert.deepEqual(out.result, { a: 1 })
+  assert.equal(out.code, 'E_MODEL')
+  assert.ok(out.message.includes('CUDA_ENGINE_MODEL') && out.message.includes('EngineOptions.model'), out.message)
+})
+
+test("one caller's broken AbortSignal fails that call alone", async () => {
+  const env = { type: 'echo', payload: { n: 1 } }
+  const broken = { aborted: false, addEventListener() {}, removeEventListener() { throw 1 } }
+  const calls = [submit(env, { signal: broken })]
+  for (let i = 0; i < 199; i++) calls.push(submit({ type: 'echo', payload: { n: i } }))
+  const settled = await Promise.allSettled(calls)
+  assert.equal(settled.length, 200)
+  for (let i = 1; i < 200; i++) {
+    assert.equal(settled[i].status, 'fulfilled')
+    assert.deepEqual(settled[i].value.result, { n: i - 1 })
+  }
+  // Signals that cannot be hooked reject (never a synchronous throw).
+  for (const signal of [
+    { aborted: false },
+    { aborted: false, addEventListener() { throw new Error('nope') } },
+    { get aborted() { throw new Error('getter') } },
+    new Proxy({}, { get() { throw new Error('trap') } }),
+  ]) {
+    let p
+    assert.doesNotThrow(() => {
+      p = submit(env, { signal })
+    })
+    const err = await rejection(p)
+    assert.equal(err.code, 'E_INVALID_ARG', err.message)
+  }
+})
+
+test('giant sparse arrays are rejected before anything is allocated', async () => {
+  const err = await rejection(embed(new Array(2 ** 32 - 1)))
+  assert.equal(err.code, 'E_TOO_LARGE')
+  const err2 = await rejection(
+    addon.infer({ inputs: [{ name: 'input_ids', shape: [1, 3], datatype: 'INT64', data: new Array(2 ** 32 - 1) }] }),
+  )
+  assert.equal(err2.code, 'E_TOO_LARGE')
+})
+
+test('queue time is measured', async () => {
+  const r = await submit({ type: 'embedding', payload: { texts: ['a', 'b'] } })
+  const t = r.timings_ms
+  assert.ok(t.queue >= 0 && t.run > 0 && t.total >= t.queue + t.run - 1e-6, JSON.stringify(t))
+})
+
+test('results never change data: __proto__ stays an own key, NUL keys work, doubles round-trip', async () => {
+  const r = await submit({ type: 'echo', payload: JSON.parse('{"__proto__":{"admin":true},"a\\u0000b":1}') })
+  assert.equal(r.result.admin, undefined, 'the prototype was not set')
+  assert.equal(Object.getPrototypeOf(r.result), Object.prototype)
+  assert.deepEqual(Object.keys(r.result), ['__proto__', 'a\0b'])
+  assert.deepEqual(r.result.__proto__, { admin: true })
+  const doubles = Array.from({ length: 2000 }, (_, i) => (i + 1) * 62.48403934296220 + i / 7)
+  doubles.push(124968.07868592441)
+  const viaText = await submit(JSON.stringify({ type: 'echo', payload: doubles }))
+  assert.deepEqual(viaText.result, doubles)
+  const viaB64 = await submit({ type: 'echo', payload_b64: Buffer.from(JSON.stringify(doubles)).toString('base64') })
+  assert.deepEqual(viaB64.result, doubles)
+})
