@@ -1,63 +1,142 @@
 #!/usr/bin/env node
-// cuda-service: the cuda-engine addon behind HTTP (default port 8096).
+// cuda-service: the cuda-engine addon behind HTTP (default 127.0.0.1:8096).
 //
+//   GET  /livez           -> 200 {"status":"ok"}: liveness, never needs the token
 //   GET  /api/v1/health   -> 200 health JSON (503 when status is "error")
 //   POST /api/v1/submit   -> 200 job result; body = the JSON envelope
 //                            (?timeoutMs=N&target=auto|local|worker)
 //
-// Errors are JSON: {"ok":false,"error":{"code":"E_…","message":"…"}} with an
-// HTTP status derived from the stable code (statusFor below). Byte results
-// come back as `result_b64`, as in the wire form of DESIGN.md.
+// Errors are JSON: {"ok":false,"error":{"code":"E_…","message":"…"}}. An
+// engine error's HTTP status comes from the addon's table (`errorCodes()`);
+// the service's own rejections (Host, Origin, token, content type, body
+// limits, timeouts) carry the statuses listed in docs/reliability.md "HTTP
+// service", which documents every flag, variable, limit and default below.
+// Byte results come back as `result_b64`, as in the wire form of DESIGN.md.
 //
-// Usage: cuda-service [--port 8096] [--host 127.0.0.1] [--max-body BYTES]
-//                     [--worker PATH] [--options JSON]
-// Env: PORT, HOST, CUDA_SERVICE_MAX_BODY, CUDA_ENGINE_OPTIONS (JSON).
-// On start it prints one JSON line: {"listening":"http://HOST:PORT"}.
+// On start it prints one JSON line on stdout: {"listening":"http://HOST:PORT"};
+// it logs one JSON line per request on stderr (off: --no-log / CUDA_SERVICE_LOG=0).
 import http from 'node:http'
-import { realpathSync } from 'node:fs'
+import crypto from 'node:crypto'
+import { readFileSync, realpathSync } from 'node:fs'
+import v8 from 'node:v8'
+import vm from 'node:vm'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 
 const require = createRequire(import.meta.url)
-const { Engine } = require('../index.js')
+const { Engine, errorCodes } = require('../index.js')
 
-const USAGE = 'usage: cuda-service [--port N] [--host ADDR] [--max-body BYTES] [--worker PATH] [--options JSON]'
+const MiB = 1024 * 1024
 
-function parseArgs(argv, env) {
-  const o = {
-    port: env.PORT ?? '8096',
-    host: env.HOST ?? '127.0.0.1',
-    maxBody: env.CUDA_SERVICE_MAX_BODY ?? String(64 * 1024 * 1024 + 1024 * 1024),
-    options: env.CUDA_ENGINE_OPTIONS ?? '{}',
-    worker: undefined,
+// A full GC after large bodies are released: an idle process would otherwise
+// keep them (and their RSS) until its next allocation-driven collection.
+v8.setFlagsFromString('--expose-gc')
+const collectGarbage = vm.runInNewContext('gc')
+v8.setFlagsFromString('--no-expose-gc')
+
+/** Value flags: [flag, config key, env var (or list, first wins), default, kind]. */
+const VALUE_FLAGS = [
+  ['--port', 'port', ['CUDA_SERVICE_PORT', 'PORT'], '8096', 'port'],
+  // Never the generic HOST variable: some shells set it, and it used to rebind the service.
+  ['--host', 'host', ['CUDA_SERVICE_HOST'], '127.0.0.1', 'string'],
+  ['--max-body', 'maxBody', ['CUDA_SERVICE_MAX_BODY'], String(65 * MiB), 'posint'],
+  ['--max-body-total', 'maxBodyTotal', ['CUDA_SERVICE_MAX_BODY_TOTAL'], undefined, 'posint'],
+  ['--body-timeout', 'bodyTimeoutMs', ['CUDA_SERVICE_BODY_TIMEOUT_MS'], '10000', 'posint'],
+  ['--headers-timeout', 'headersTimeoutMs', ['CUDA_SERVICE_HEADERS_TIMEOUT_MS'], '10000', 'posint'],
+  ['--request-timeout', 'requestTimeoutMs', ['CUDA_SERVICE_REQUEST_TIMEOUT_MS'], '60000', 'posint'],
+  ['--keep-alive-timeout', 'keepAliveTimeoutMs', ['CUDA_SERVICE_KEEP_ALIVE_TIMEOUT_MS'], '5000', 'posint'],
+  ['--max-connections', 'maxConnections', ['CUDA_SERVICE_MAX_CONNECTIONS'], '256', 'posint'],
+  ['--shutdown-timeout', 'shutdownTimeoutMs', ['CUDA_SERVICE_SHUTDOWN_TIMEOUT_MS'], '30000', 'posint'],
+  ['--allow-origin', 'allowOrigins', ['CUDA_SERVICE_ALLOW_ORIGINS'], '', 'list'],
+  ['--allow-host', 'allowHosts', ['CUDA_SERVICE_ALLOW_HOSTS'], '', 'list'],
+  ['--token-file', 'tokenFile', ['CUDA_SERVICE_TOKEN_FILE'], undefined, 'string'],
+  ['--worker', 'worker', [], undefined, 'string'],
+  ['--options', 'options', ['CUDA_ENGINE_OPTIONS'], '{}', 'json'],
+]
+/** Switches: [flag, config key, value it sets]. */
+const SWITCHES = [
+  ['--allow-any-content-type', 'allowAnyContentType', true],
+  ['--log', 'log', true],
+  ['--no-log', 'log', false],
+]
+
+const USAGE = `usage: cuda-service ${VALUE_FLAGS.map(([f]) => `[${f} V]`).join(' ')} ${SWITCHES.map(([f]) => `[${f}]`).join(' ')}
+(every flag, variable and default: docs/reliability.md "HTTP service")`
+
+const envFlag = (v) => v !== undefined && v !== '' && !/^(0|false|no|off)$/i.test(v)
+
+/** Flags and environment to the service's configuration; exits 64 on a bad value. */
+export function parseArgs(argv, env) {
+  const raw = {}
+  for (const [, key, vars, def] of VALUE_FLAGS) raw[key] = vars.map((n) => env[n]).find((v) => v !== undefined) ?? def
+  const cfg = {
+    allowAnyContentType: envFlag(env.CUDA_SERVICE_ALLOW_ANY_CONTENT_TYPE),
+    log: env.CUDA_SERVICE_LOG === undefined ? true : envFlag(env.CUDA_SERVICE_LOG),
   }
+  const lists = { allowOrigins: [], allowHosts: [] }
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]
     if (k === '--help' || k === '-h') {
       console.log(USAGE)
       process.exit(0)
     }
+    const sw = SWITCHES.find(([f]) => f === k)
+    if (sw) {
+      cfg[sw[1]] = sw[2]
+      continue
+    }
+    const flag = VALUE_FLAGS.find(([f]) => f === k)
+    if (!flag) fail(`unknown argument ${k}`)
     const v = argv[++i]
     if (v === undefined) fail(`${k} needs a value`)
-    if (k === '--port') o.port = v
-    else if (k === '--host') o.host = v
-    else if (k === '--max-body') o.maxBody = v
-    else if (k === '--worker') o.worker = v
-    else if (k === '--options') o.options = v
-    else fail(`unknown argument ${k}`)
+    // List flags repeat (and take commas); the first flag replaces the env value.
+    if (flag[4] === 'list') lists[flag[1]].push(v)
+    else raw[flag[1]] = v
   }
-  const port = Number(o.port)
-  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`--port must be 0..65535, got ${o.port}`)
-  const maxBody = Number(o.maxBody)
-  if (!Number.isInteger(maxBody) || maxBody < 1) fail(`--max-body must be a positive integer, got ${o.maxBody}`)
-  let options
-  try {
-    options = JSON.parse(o.options)
-  } catch (e) {
-    fail(`--options / CUDA_ENGINE_OPTIONS is not JSON: ${e.message}`)
+  for (const [flag, key, vars, , kind] of VALUE_FLAGS) {
+    const v = kind === 'list' && lists[key].length ? lists[key].join(',') : raw[key]
+    const what = [flag, ...vars].join(' / ')
+    if (v === undefined) cfg[key] = undefined
+    else if (kind === 'port' || kind === 'posint') {
+      const n = Number(v)
+      const ok = Number.isSafeInteger(n) && (kind === 'port' ? n >= 0 && n <= 65535 : n >= 1)
+      if (!ok) fail(`${what} must be ${kind === 'port' ? '0..65535' : 'a positive integer'}, got ${v}`)
+      cfg[key] = n
+    } else if (kind === 'list') {
+      cfg[key] = String(v)
+        .split(',')
+        .map((s) => s.trim().toLowerCase().replace(/\/+$/, ''))
+        .filter(Boolean)
+    } else if (kind === 'json') {
+      try {
+        cfg[key] = JSON.parse(v)
+      } catch (e) {
+        fail(`${what} is not JSON: ${e.message}`)
+      }
+      if (cfg[key] === null || typeof cfg[key] !== 'object' || Array.isArray(cfg[key])) fail(`${what} must be a JSON object`)
+    } else cfg[key] = v
   }
-  if (o.worker !== undefined) options.worker = o.worker
-  return { port, host: o.host, maxBody, options }
+  if (cfg.worker !== undefined) cfg.options.worker = cfg.worker
+  delete cfg.worker
+  cfg.maxBodyTotal ??= Math.max(256 * MiB, cfg.maxBody)
+  if (cfg.maxBodyTotal < cfg.maxBody) fail(`--max-body-total (${cfg.maxBodyTotal}) must be >= --max-body (${cfg.maxBody})`)
+  if (cfg.headersTimeoutMs > cfg.requestTimeoutMs) fail(`--headers-timeout (${cfg.headersTimeoutMs}) must be <= --request-timeout (${cfg.requestTimeoutMs})`)
+  // The token: --token-file / CUDA_SERVICE_TOKEN_FILE (a file holding it), else CUDA_SERVICE_TOKEN.
+  let token = env.CUDA_SERVICE_TOKEN
+  if (cfg.tokenFile !== undefined) {
+    try {
+      token = readFileSync(cfg.tokenFile, 'utf8')
+    } catch (e) {
+      fail(`--token-file: cannot read ${cfg.tokenFile}: ${e.message}`)
+    }
+  }
+  delete cfg.tokenFile
+  if (token !== undefined) {
+    token = token.trim()
+    if (!token) fail('the bearer token (--token-file / CUDA_SERVICE_TOKEN) is empty')
+  }
+  cfg.token = token
+  return cfg
 }
 
 function fail(msg) {
@@ -65,57 +144,25 @@ function fail(msg) {
   process.exit(64)
 }
 
-/** HTTP status for a stable error code (DESIGN.md "Error codes"). */
+/** HTTP status of every engine code: the addon's table, defined once in Rust. */
+const STATUS = new Map(errorCodes().map((e) => [e.code, e.http_status]))
+
+/** HTTP status for a stable error code; 500 for a code not in the table. */
 export function statusFor(code) {
-  switch (code) {
-    case 'E_INVALID_ARG':
-    case 'E_ENVELOPE':
-    case 'E_BAD_BASE64':
-    case 'E_BAD_JSON':
-    case 'E_DECODE':
-    case 'E_TOO_DEEP':
-    case 'E_TOO_LONG':
-      return 400
-    case 'E_UNKNOWN_TYPE':
-    case 'E_UNKNOWN_MODEL':
-      return 404
-    case 'E_TOO_LARGE':
-      return 413
-    case 'E_CANCELLED':
-      return 499 // the client went away; nobody reads this
-    case 'E_WORKER_EXIT':
-    case 'E_WORKER_PROTOCOL':
-    case 'E_OUTPUT_LIMIT':
-      return 502 // the upstream (worker) misbehaved
-    case 'E_OVERLOADED':
-    case 'E_WORKER_NOT_FOUND':
-    case 'E_WORKER_SPAWN':
-    case 'E_CUDA_UNAVAILABLE':
-    case 'E_GPU_OOM':
-    case 'E_CUDA_FAULT':
-      return 503
-    case 'E_WORKER_TIMEOUT':
-    case 'E_TIMEOUT':
-      return 504
-    default:
-      return 500
+  return STATUS.get(code) ?? 500
+}
+
+/** A rejection by the service itself (not the engine), with its own status. */
+class HttpError extends Error {
+  constructor(status, code, message, headers = {}) {
+    super(message)
+    this.status = status
+    this.code = code
+    this.headers = headers
   }
 }
-
-function send(res, status, body, extraHeaders = {}) {
-  if (res.headersSent || res.destroyed) return
-  const text = JSON.stringify(body)
-  res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(text),
-    ...extraHeaders,
-  })
-  res.end(text)
-}
-
-function sendError(res, status, code, message, extraHeaders) {
-  send(res, status, { ok: false, error: { code, message } }, extraHeaders)
-}
+const CLOSE = { connection: 'close' }
+const CTX = Symbol('request log context')
 
 /** The JSON wire form of a JobResult: bytes become result_b64. */
 function wireResult(r) {
@@ -126,82 +173,285 @@ function wireResult(r) {
   return r
 }
 
-/** Read the body up to `limit` bytes; null (and a 413 sent) when over. */
-function readBody(req, res, limit) {
-  return new Promise((resolve, reject) => {
-    const declared = Number(req.headers['content-length'])
-    if (Number.isFinite(declared) && declared > limit) {
-      sendError(res, 413, 'E_TOO_LARGE', `the body is ${declared} bytes, over the ${limit}-byte limit (--max-body)`, { connection: 'close' })
-      req.resume()
-      return resolve(null)
-    }
-    const chunks = []
-    let size = 0
-    req.on('data', (c) => {
-      size += c.length
-      if (size > limit) {
-        sendError(res, 413, 'E_TOO_LARGE', `the body is over the ${limit}-byte limit (--max-body)`, { connection: 'close' })
-        req.destroy()
-        resolve(null)
-        return
-      }
-      chunks.push(c)
-    })
-    req.on('end', () => resolve(Buffer.concat(chunks, size)))
-    req.on('error', reject)
-  })
+const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '[::1]'])
+const isLoopbackAddress = (h) => h === 'localhost' || h === '::1' || h === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(h)
+
+/** The name part of a Host header, lowercased: `[::1]:80` -> `[::1]`, `a:1` -> `a`. */
+function hostName(host) {
+  const h = host.trim().toLowerCase()
+  if (h.startsWith('[')) return h.slice(0, h.indexOf(']') + 1) || h
+  const colon = h.lastIndexOf(':')
+  return colon === -1 ? h : h.slice(0, colon)
 }
 
-export async function startService({ port, host, maxBody, options }) {
-  const engine = await Engine.open(options)
-  const server = http.createServer(async (req, res) => {
-    const url = new URL(req.url, 'http://localhost')
-    try {
-      if (url.pathname === '/api/v1/health') {
-        if (req.method !== 'GET') return sendError(res, 405, 'E_INVALID_ARG', 'use GET /api/v1/health', { allow: 'GET' })
-        const h = await engine.health()
-        return send(res, h.status === 'error' ? 503 : 200, h)
-      }
-      if (url.pathname === '/api/v1/submit') {
-        if (req.method !== 'POST') return sendError(res, 405, 'E_INVALID_ARG', 'use POST /api/v1/submit with a JSON envelope', { allow: 'POST' })
-        const callOpts = {}
-        const t = url.searchParams.get('timeoutMs')
-        if (t !== null) {
-          const n = Number(t)
-          if (!Number.isFinite(n) || n < 0) return sendError(res, 400, 'E_INVALID_ARG', `timeoutMs must be a number >= 0, got ${JSON.stringify(t)}`)
-          callOpts.timeoutMs = n
-        }
-        const target = url.searchParams.get('target')
-        if (target !== null) callOpts.target = target
-        const body = await readBody(req, res, maxBody)
-        if (body === null) return
-        // A client that disconnects cancels its job (E_CANCELLED in the engine).
-        const abort = new AbortController()
-        res.on('close', () => {
-          if (!res.writableFinished) abort.abort()
+/** The sha256 of a string: equal-length inputs for timingSafeEqual. */
+const digest = (s) => crypto.createHash('sha256').update(s).digest()
+
+/** Discard whatever the client still sends, then drop the connection (a bounded linger). */
+function lingerAndClose(req, res) {
+  req.resume()
+  const drop = () => setTimeout(() => req.socket?.destroy(), 1000).unref()
+  if (res.writableFinished) drop()
+  else res.once('finish', drop)
+}
+
+export async function startService(config) {
+  const cfg = { ...parseArgs([], {}), options: {}, ...config }
+  cfg.maxBodyTotal = config.maxBodyTotal ?? Math.max(256 * MiB, cfg.maxBody)
+  const log = (line) => process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...line })}\n`)
+  const accessLog = (line) => (cfg.log || line.status >= 500) && log(line)
+
+  const hostCheck = isLoopbackAddress(cfg.host) || cfg.allowHosts.length > 0
+  const bound = cfg.host.includes(':') && !cfg.host.startsWith('[') ? `[${cfg.host}]` : cfg.host
+  const allowedHosts = new Set([...LOOPBACK_NAMES, bound.toLowerCase(), ...cfg.allowHosts.map(hostName)])
+  const allowedOrigins = new Set(cfg.allowOrigins)
+  const tokenDigest = cfg.token === undefined ? null : digest(cfg.token)
+  let buffered = 0 // body bytes held by all requests (bounded by maxBodyTotal)
+  let released = 0 // body bytes released since the last forced GC
+  let gcTimer = null
+  const GC_AFTER_BYTES = 16 * MiB
+  let stopping = false
+
+  const engine = await Engine.open(cfg.options)
+
+  /** Read the body into memory, bounded by size, progress time and the shared budget. */
+  function readBody(req, ctx) {
+    const declared = req.headers['content-length'] === undefined ? null : Number(req.headers['content-length'])
+    if (declared !== null && declared > cfg.maxBody)
+      throw new HttpError(413, 'E_TOO_LARGE', `the body is ${declared} bytes, over the ${cfg.maxBody}-byte limit (--max-body)`, CLOSE)
+    const reserve = (n) => {
+      if (buffered + n > cfg.maxBodyTotal)
+        throw new HttpError(503, 'E_OVERLOADED', `request bodies in memory would exceed ${cfg.maxBodyTotal} bytes (--max-body-total); retry later`, {
+          ...CLOSE,
+          'retry-after': '1',
         })
-        callOpts.signal = abort.signal
-        // The raw bytes go to the engine, which decodes and limits them.
-        const result = await engine.submit(new Uint8Array(body.buffer, body.byteOffset, body.length), callOpts)
-        return send(res, 200, wireResult(result))
-      }
-      return sendError(res, 404, 'E_INVALID_ARG', `no route ${req.method} ${url.pathname} (routes: GET /api/v1/health, POST /api/v1/submit)`)
-    } catch (err) {
-      const code = typeof err?.code === 'string' && err.code.startsWith('E_') ? err.code : 'E_INTERNAL'
-      const status = statusFor(code)
-      if (status >= 500) console.error(`cuda-service: ${req.method} ${url.pathname}: ${code}: ${err?.message}`)
-      return sendError(res, status, code, String(err?.message ?? err))
+      buffered += n
+      ctx.reserved += n
     }
+    if (declared) reserve(declared)
+    return new Promise((resolve, reject) => {
+      // A declared length is read into one block (freed in one piece), chunked bodies into a list.
+      let block = declared ? Buffer.allocUnsafeSlow(declared) : null
+      let chunks = declared ? null : []
+      let size = 0
+      let done = false
+      const finish = (err, value) => {
+        if (done) return
+        done = true
+        clearTimeout(timer)
+        block = chunks = null // release what was buffered, whatever happens next
+        if (err) reject(err)
+        else resolve(value)
+      }
+      const timer = setTimeout(
+        () => finish(new HttpError(408, 'E_REQUEST_TIMEOUT', `no body bytes for ${cfg.bodyTimeoutMs} ms (--body-timeout)`, CLOSE)),
+        cfg.bodyTimeoutMs,
+      )
+      req.on('data', (c) => {
+        if (done) return
+        size += c.length
+        if (size > cfg.maxBody) return finish(new HttpError(413, 'E_TOO_LARGE', `the body is over the ${cfg.maxBody}-byte limit (--max-body)`, CLOSE))
+        try {
+          if (declared === null || size > declared) reserve(c.length)
+        } catch (e) {
+          return finish(e)
+        }
+        if (block) c.copy(block, size - c.length)
+        else chunks.push(c)
+        timer.refresh()
+      })
+      req.on('end', () => finish(null, block ?? (chunks && Buffer.concat(chunks, size))))
+      const gone = () => finish(Object.assign(new Error('the client closed the connection while sending the body'), { code: 'E_CANCELLED', aborted: true }))
+      req.on('error', gone)
+      req.on('close', gone) // after 'end' this is a no-op
+    })
+  }
+
+  async function handle(req, res, ctx) {
+    // The request target is the client's: parsing it is inside the error boundary.
+    let url
+    try {
+      url = new URL(req.url, 'http://localhost')
+    } catch {
+      throw new HttpError(400, 'E_INVALID_ARG', `the request target is not a valid URL: ${JSON.stringify(req.url.slice(0, 200))}`)
+    }
+    ctx.path = url.pathname
+    if (hostCheck && req.headers.host !== undefined && !allowedHosts.has('*') && !allowedHosts.has(hostName(req.headers.host)))
+      throw new HttpError(403, 'E_FORBIDDEN', `Host ${JSON.stringify(req.headers.host)} is not allowed (allowed: ${[...allowedHosts].join(', ')}; --allow-host adds names)`)
+    const origin = req.headers.origin
+    if (origin !== undefined) {
+      const o = origin.toLowerCase()
+      if (!allowedOrigins.has(o) && !allowedOrigins.has('*'))
+        throw new HttpError(403, 'E_FORBIDDEN', `Origin ${JSON.stringify(origin)} is not allowed (--allow-origin / CUDA_SERVICE_ALLOW_ORIGINS)`)
+      res.setHeader('access-control-allow-origin', origin)
+      res.setHeader('vary', 'Origin')
+      if (req.method === 'OPTIONS') {
+        // A CORS preflight from an allowed origin (browsers send no credentials with it).
+        res.writeHead(204, {
+          'access-control-allow-methods': 'GET, POST',
+          'access-control-allow-headers': 'authorization, content-type',
+          'access-control-max-age': '600',
+        })
+        return res.end()
+      }
+    }
+    if (url.pathname === '/livez') {
+      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, 'E_INVALID_ARG', 'use GET /livez', { allow: 'GET, HEAD' })
+      return send(res, 200, { status: 'ok' })
+    }
+    if (tokenDigest) {
+      const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(req.headers.authorization ?? '')
+      if (!m) throw new HttpError(401, 'E_UNAUTHORIZED', 'this service needs "Authorization: Bearer <token>"', { 'www-authenticate': 'Bearer realm="cuda-service"' })
+      if (!crypto.timingSafeEqual(digest(m[1]), tokenDigest))
+        throw new HttpError(401, 'E_UNAUTHORIZED', 'the bearer token is not valid', { 'www-authenticate': 'Bearer realm="cuda-service", error="invalid_token"' })
+    }
+    if (url.pathname === '/api/v1/health') {
+      if (req.method !== 'GET') throw new HttpError(405, 'E_INVALID_ARG', 'use GET /api/v1/health', { allow: 'GET' })
+      const h = await engine.health()
+      return send(res, h.status === 'error' ? 503 : 200, h)
+    }
+    if (url.pathname === '/api/v1/submit') {
+      if (req.method !== 'POST') throw new HttpError(405, 'E_INVALID_ARG', 'use POST /api/v1/submit with a JSON envelope', { allow: 'POST' })
+      const callOpts = {}
+      const t = url.searchParams.get('timeoutMs')
+      if (t !== null) {
+        const n = Number(t)
+        if (!Number.isFinite(n) || n < 0) throw new HttpError(400, 'E_INVALID_ARG', `timeoutMs must be a number >= 0, got ${JSON.stringify(t)}`)
+        callOpts.timeoutMs = n
+      }
+      const target = url.searchParams.get('target')
+      if (target !== null) callOpts.target = target
+      // A JSON content type: a cross-site page cannot send one without a CORS preflight.
+      const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
+      if (!cfg.allowAnyContentType && type !== 'application/json')
+        throw new HttpError(415, 'E_UNSUPPORTED_MEDIA_TYPE', `the body must be a JSON envelope sent as "Content-Type: application/json", got ${JSON.stringify(req.headers['content-type'] ?? null)} (--allow-any-content-type accepts any)`, CLOSE)
+      const body = await readBody(req, ctx)
+      // A client that disconnects cancels its job (E_CANCELLED in the engine).
+      const abort = new AbortController()
+      res.on('close', () => {
+        if (!res.writableFinished) abort.abort()
+      })
+      callOpts.signal = abort.signal
+      // The raw bytes go to the engine, which decodes and limits them.
+      const result = await engine.submit(new Uint8Array(body.buffer, body.byteOffset, body.length), callOpts)
+      return send(res, 200, wireResult(result))
+    }
+    throw new HttpError(404, 'E_INVALID_ARG', `no route ${req.method} ${url.pathname} (routes: GET /livez, GET /api/v1/health, POST /api/v1/submit)`)
+  }
+
+  function send(res, status, body, headers = {}) {
+    if (res.headersSent || res.destroyed) return
+    const text = JSON.stringify(body)
+    res.writeHead(status, {
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': Buffer.byteLength(text),
+      ...(stopping ? CLOSE : {}),
+      ...headers,
+    })
+    res.end(text)
+  }
+
+  function sendError(res, ctx, status, code, message, headers) {
+    ctx.code = code
+    if (status >= 500) ctx.message = message
+    send(res, status, { ok: false, error: { code, message } }, headers)
+  }
+
+  const server = http.createServer(
+    {
+      headersTimeout: cfg.headersTimeoutMs,
+      requestTimeout: cfg.requestTimeoutMs,
+      keepAliveTimeout: cfg.keepAliveTimeoutMs,
+      // How often Node checks the two timeouts above (its default, 30 s, would overshoot them).
+      connectionsCheckingInterval: Math.min(1000, Math.max(20, Math.floor(cfg.headersTimeoutMs / 4))),
+    },
+    (req, res) => {
+      const ctx = { t0: performance.now(), method: req.method, path: req.url.slice(0, 200), code: null, reserved: 0 }
+      req[CTX] = ctx
+      res.once('close', () => {
+        buffered -= ctx.reserved
+        released += ctx.reserved
+        ctx.reserved = 0
+        if (released >= GC_AFTER_BYTES && !gcTimer)
+          gcTimer = setTimeout(() => {
+            gcTimer = null
+            released = 0
+            collectGarbage()
+          }, 1000).unref()
+        const line = { method: ctx.method, path: ctx.path, status: res.statusCode, ms: +(performance.now() - ctx.t0).toFixed(3), code: ctx.code }
+        if (!res.writableFinished) {
+          const when = req.complete ? 'before the reply' : 'while sending the request'
+          Object.assign(line, { status: 499, code: 'E_CANCELLED', aborted: true, message: `the client closed the connection ${when}` })
+        } else if (ctx.message) line.message = ctx.message
+        accessLog(line)
+      })
+      handle(req, res, ctx).catch((err) => {
+        if (err?.aborted) return // the client is gone: logged on close, nothing to send
+        let status, code
+        if (err instanceof HttpError) ({ status, code } = err)
+        else {
+          code = typeof err?.code === 'string' && err.code.startsWith('E_') ? err.code : 'E_INTERNAL'
+          status = statusFor(code)
+        }
+        // A body left unread is not drained for keep-alive: the connection closes after the reply.
+        const headers = req.complete ? err?.headers : { ...err?.headers, ...CLOSE }
+        if (!req.complete) lingerAndClose(req, res)
+        sendError(res, ctx, status, code, String(err?.message ?? err), headers)
+      })
+    },
+  )
+  server.maxConnections = cfg.maxConnections
+  server.on('drop', (d) => cfg.log && log({ event: 'drop', reason: `over --max-connections (${cfg.maxConnections})`, remote: d?.remoteAddress }))
+  // Malformed requests and header/request timeouts: answered here, as Node would, but logged.
+  server.on('clientError', (err, socket) => {
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400
+    const code = status === 431 ? 'E_TOO_LARGE' : status === 408 ? 'E_REQUEST_TIMEOUT' : 'E_INVALID_ARG'
+    const res = socket._httpMessage
+    if (res && status !== 408) {
+      // The connection broke while a request was being read or answered (the
+      // client went away mid-body): no reply; the request's log line says aborted.
+      return socket.destroy()
+    }
+    if (res && !res.headersSent && !res.destroyed) {
+      // The request was being read (a body still arriving at --request-timeout).
+      const ctx = res.req?.[CTX]
+      if (ctx) ctx.code = code
+      res.once('finish', () => socket.destroy())
+      res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', ...CLOSE })
+      res.end(JSON.stringify({ ok: false, error: { code, message: `the request was not received within ${cfg.requestTimeoutMs} ms (--request-timeout)` } }))
+      return
+    }
+    if (err.code !== 'ECONNRESET' && socket.writable && !res) {
+      const body = JSON.stringify({ ok: false, error: { code, message: status === 408 ? `the request headers did not arrive within ${cfg.headersTimeoutMs} ms (--headers-timeout)` : `bad request: ${err.code}` } })
+      socket.write(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+      if (cfg.log) log({ method: null, path: null, status, ms: null, code, client_error: err.code })
+    }
+    socket.destroy()
   })
   await new Promise((resolve, reject) => {
     server.once('error', reject)
-    server.listen(port, host, resolve)
+    server.listen(cfg.port, cfg.host, resolve)
   })
-  const close = async () => {
-    await new Promise((resolve) => server.close(resolve))
-    await engine.close()
+
+  /** Stop accepting, let in-flight requests finish (up to deadlineMs), then close the engine. */
+  const close = async ({ deadlineMs = cfg.shutdownTimeoutMs } = {}) => {
+    const t0 = Date.now()
+    stopping = true
+    const closed = new Promise((resolve) => server.close(resolve))
+    server.closeIdleConnections()
+    const force = setTimeout(() => server.closeAllConnections(), deadlineMs)
+    await closed
+    clearTimeout(force)
+    const drainMs = Math.max(0, deadlineMs - (Date.now() - t0))
+    try {
+      await engine.close({ drainMs })
+    } catch (e) {
+      // REMOVE once every build has close({ drainMs }): an older addon rejects the argument.
+      if (e?.code !== 'E_INVALID_ARG') throw e
+      await engine.close()
+    }
   }
-  return { server, engine, close, address: server.address() }
+  return { server, engine, close, address: server.address(), config: cfg }
 }
 
 async function main() {
@@ -217,11 +467,20 @@ async function main() {
   const shownHost = address.includes(':') ? `[${address}]` : address
   console.log(JSON.stringify({ listening: `http://${shownHost}:${port}` }))
   let stopping = false
-  const stop = async () => {
-    if (stopping) return
+  const stop = async (signal) => {
+    if (stopping) {
+      // A second signal: stop waiting for in-flight requests.
+      svc.server.closeAllConnections()
+      return
+    }
     stopping = true
-    svc.server.closeAllConnections?.()
-    await svc.close()
+    if (cfg.log) process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), event: 'shutdown', signal, deadline_ms: cfg.shutdownTimeoutMs })}\n`)
+    try {
+      await svc.close()
+    } catch (err) {
+      console.error(`cuda-service: close: ${err?.code ?? ''} ${err?.message ?? err}`)
+      process.exit(1)
+    }
     process.exit(0)
   }
   process.on('SIGTERM', stop)
