@@ -162,7 +162,8 @@ export type ErrorCode =
   | 'E_UNKNOWN_TYPE' | 'E_UNKNOWN_MODEL' | 'E_MODEL' | 'E_WORKER_NOT_FOUND'
   | 'E_WORKER_SPAWN' | 'E_WORKER_TIMEOUT' | 'E_WORKER_EXIT' | 'E_WORKER_PROTOCOL'
   | 'E_OUTPUT_LIMIT' | 'E_CANCELLED' | 'E_TIMEOUT' | 'E_OVERLOADED'
-  | 'E_CLOSED' | 'E_CUDA_UNAVAILABLE' | 'E_GPU_OOM' | 'E_CUDA_FAULT'
+  | 'E_CLOSED' | 'E_UNAUTHORIZED' | 'E_FORBIDDEN' | 'E_UNSUPPORTED_MEDIA_TYPE'
+  | 'E_REQUEST_TIMEOUT' | 'E_CUDA_UNAVAILABLE' | 'E_GPU_OOM' | 'E_CUDA_FAULT'
   | 'E_INTERNAL'
 
 /** A row of the error-code table (`errorCodes()`, docs/error-codes.json). */

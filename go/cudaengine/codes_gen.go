@@ -47,6 +47,14 @@ const (
 	CodeOverloaded Code = "E_OVERLOADED"
 	// CodeClosed (HTTP 503): the engine is closed or closing; open a new one.
 	CodeClosed Code = "E_CLOSED"
+	// CodeUnauthorized (HTTP 401): the service needs a bearer token and the request has none or a wrong one.
+	CodeUnauthorized Code = "E_UNAUTHORIZED"
+	// CodeForbidden (HTTP 403): the request's `Origin` or `Host` is not allowed (cross-site or DNS-rebinding protection).
+	CodeForbidden Code = "E_FORBIDDEN"
+	// CodeUnsupportedMediaType (HTTP 415): a POST body whose content type is not `application/json`.
+	CodeUnsupportedMediaType Code = "E_UNSUPPORTED_MEDIA_TYPE"
+	// CodeRequestTimeout (HTTP 408): the request's body did not arrive within the body timeout.
+	CodeRequestTimeout Code = "E_REQUEST_TIMEOUT"
 	// CodeCUDAUnavailable (HTTP 503): `device: 'cuda'` but no usable CUDA device.
 	CodeCUDAUnavailable Code = "E_CUDA_UNAVAILABLE"
 	// CodeGPUOOM (HTTP 503): out of GPU memory for this request.
@@ -80,6 +88,10 @@ var codeTable = []CodeInfo{
 	{Code: CodeTimeout, HTTPStatus: 504, Meaning: "a local job ran past `timeoutMs`"},
 	{Code: CodeOverloaded, HTTPStatus: 503, Meaning: "admission limit reached (`maxInFlight`, `maxQueuedTexts`)"},
 	{Code: CodeClosed, HTTPStatus: 503, Meaning: "the engine is closed or closing; open a new one"},
+	{Code: CodeUnauthorized, HTTPStatus: 401, Meaning: "the service needs a bearer token and the request has none or a wrong one"},
+	{Code: CodeForbidden, HTTPStatus: 403, Meaning: "the request's `Origin` or `Host` is not allowed (cross-site or DNS-rebinding protection)"},
+	{Code: CodeUnsupportedMediaType, HTTPStatus: 415, Meaning: "a POST body whose content type is not `application/json`"},
+	{Code: CodeRequestTimeout, HTTPStatus: 408, Meaning: "the request's body did not arrive within the body timeout"},
 	{Code: CodeCUDAUnavailable, HTTPStatus: 503, Meaning: "`device: 'cuda'` but no usable CUDA device"},
 	{Code: CodeGPUOOM, HTTPStatus: 503, Meaning: "out of GPU memory for this request"},
 	{Code: CodeCUDAFault, HTTPStatus: 503, Meaning: "a sticky CUDA error poisoned the context"},

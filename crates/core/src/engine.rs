@@ -230,11 +230,15 @@ impl Engine {
 
     /// Run `fut` under the call's timeout and AbortSignal and the engine's
     /// shutdown (a `close` whose drain time ran out cancels it).
+    ///
+    /// `fut` is polled first: a job that finishes on its first poll (echo,
+    /// small decodes) never registers with the shared shutdown token, whose
+    /// waiter list is a lock every concurrent call would otherwise take.
     async fn guard<T>(&self, fut: impl std::future::Future<Output = Result<T>>, call: &CallOptions) -> Result<T> {
         tokio::select! {
             biased;
-            _ = self.shutdown.cancelled() => Err(err!(Cancelled, "the engine was closed before this call finished (its drain time ran out)")),
             r = with_deadline(fut, call, ErrorCode::Timeout) => r,
+            _ = self.shutdown.cancelled() => Err(err!(Cancelled, "the engine was closed before this call finished (its drain time ran out)")),
         }
     }
 

@@ -64,6 +64,14 @@ error_codes! {
     Overloaded = "E_OVERLOADED", 503, "admission limit reached (`maxInFlight`, `maxQueuedTexts`)";
     /// The engine was closed (or is closing): no new calls are admitted.
     Closed = "E_CLOSED", 503, "the engine is closed or closing; open a new one";
+    /// HTTP service: a bearer token is configured and the request has none or another.
+    Unauthorized = "E_UNAUTHORIZED", 401, "the service needs a bearer token and the request has none or a wrong one";
+    /// HTTP service: an `Origin` or `Host` that is not allowed.
+    Forbidden = "E_FORBIDDEN", 403, "the request's `Origin` or `Host` is not allowed (cross-site or DNS-rebinding protection)";
+    /// HTTP service: a POST body that is not JSON.
+    UnsupportedMediaType = "E_UNSUPPORTED_MEDIA_TYPE", 415, "a POST body whose content type is not `application/json`";
+    /// HTTP service: the request body stopped arriving.
+    RequestTimeout = "E_REQUEST_TIMEOUT", 408, "the request's body did not arrive within the body timeout";
     CudaUnavailable = "E_CUDA_UNAVAILABLE", 503, "`device: 'cuda'` but no usable CUDA device";
     GpuOom = "E_GPU_OOM", 503, "out of GPU memory for this request";
     CudaFault = "E_CUDA_FAULT", 503, "a sticky CUDA error poisoned the context";
