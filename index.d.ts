@@ -304,6 +304,15 @@ export interface DiscoveryOptions {
 }
 
 /**
+ * Embed one text (resolves to a Float32Array) or many (Float32Array[], in
+ * order) with the engine's model. The header (`types.d.ts.in`) declares
+ * the two overloads first; this generated union signature comes after them
+ * (and must exist: napi's generated `index.js` exports only functions it
+ * declares).
+ */
+export declare function embed(input: string | string[], options?: EmbedOptions): Promise<Float32Array | Float32Array[]>
+
+/**
  * The error-code table, defined once in core: `[{ code, http_status, meaning }]`
  * (the same as `docs/error-codes.json`). Services map codes to HTTP statuses
  * with it instead of keeping their own copy.

@@ -837,6 +837,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.Engine = nativeBinding.Engine
 module.exports.discoveryCandidates = nativeBinding.discoveryCandidates
+module.exports.embed = nativeBinding.embed
 module.exports.errorCodes = nativeBinding.errorCodes
 module.exports.findCudaWorkerPath = nativeBinding.findCudaWorkerPath
 module.exports.health = nativeBinding.health

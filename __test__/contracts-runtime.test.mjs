@@ -213,3 +213,15 @@ test('results never change data: __proto__ stays an own key, NUL keys work, doub
   const viaB64 = await submit({ type: 'echo', payload_b64: Buffer.from(JSON.stringify(doubles)).toString('base64') })
   assert.deepEqual(viaB64.result, doubles)
 })
+
+test('every function index.d.ts declares is exported, by require and by import', async () => {
+  const dts = fs.readFileSync(path.join(root, 'index.d.ts'), 'utf8')
+  const names = [...new Set([...dts.matchAll(/^export declare function (\w+)/gm)].map((m) => m[1]))]
+  assert.ok(names.includes('embed') && names.includes('submit') && names.includes('optionNames'), names.join(','))
+  const esm = await import('../index.mjs')
+  for (const n of names) {
+    assert.equal(typeof addon[n], 'function', `require: ${n}`)
+    assert.equal(typeof esm[n], 'function', `import: ${n}`)
+  }
+  assert.equal(typeof addon.Engine.open, 'function')
+})

@@ -142,9 +142,15 @@ pub fn submit<'e>(
 }
 
 /// Embed one text (resolves to a Float32Array) or many (Float32Array[], in
-/// order) with the engine's model. Typed as two overloads in the header
-/// (`types.d.ts.in`), hence `skip_typescript`.
-#[napi(catch_unwind, skip_typescript)]
+/// order) with the engine's model. The header (`types.d.ts.in`) declares
+/// the two overloads first; this generated union signature comes after them
+/// (and must exist: napi's generated `index.js` exports only functions it
+/// declares).
+#[napi(
+    catch_unwind,
+    ts_args_type = "input: string | string[], options?: EmbedOptions",
+    ts_return_type = "Promise<Float32Array | Float32Array[]>"
+)]
 pub fn embed<'e>(
     env: &'e Env,
     input: Unknown<'e>,
