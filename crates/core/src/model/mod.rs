@@ -6,6 +6,7 @@
 //! and the pooling/normalization behaviour.
 
 pub mod config;
+pub mod hub;
 pub mod tokenizer;
 pub mod weights;
 
@@ -32,29 +33,19 @@ pub fn model_named_by_env() -> bool {
 /// The model directory to load, by the resolution order of `docs/model.md`:
 /// `explicit`, else `$CUDA_ENGINE_MODEL`, else `./models/all-MiniLM-L6-v2`,
 /// else the HF cache snapshot of sentence-transformers/all-MiniLM-L6-v2.
-/// An explicit or env path that does not exist is `E_MODEL` (no silent
-/// fallback); nothing found is `E_MODEL` listing what was tried.
+///
+/// A named value (option or env) is an existing directory, else — when it is
+/// spelled `org/name` and not like a path ([`hub::classify`]) — a Hugging
+/// Face repository id, taken from the HF cache or downloaded into it
+/// ([`hub::fetch`]; blocking). A named path that does not exist is `E_MODEL`
+/// (no silent fallback, no network); nothing found is `E_MODEL` listing what
+/// was tried and how to provide a model.
 pub fn resolve_model_dir(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
-        if p.is_dir() {
-            return Ok(p.to_path_buf());
-        }
-        return Err(err!(
-            Model,
-            "model directory {} (option `model`) does not exist or is not a directory",
-            p.display()
-        ));
+        return resolve_named(p, "option `model`");
     }
     if let Some(v) = std::env::var_os(MODEL_ENV).filter(|v| !v.is_empty()) {
-        let p = PathBuf::from(v);
-        if p.is_dir() {
-            return Ok(p);
-        }
-        return Err(err!(
-            Model,
-            "model directory {} (from {MODEL_ENV}) does not exist or is not a directory",
-            p.display()
-        ));
+        return resolve_named(Path::new(&v), &format!("from {MODEL_ENV}"));
     }
     let mut tried = Vec::new();
     let local = PathBuf::from(DEFAULT_MODEL_DIR);
@@ -71,9 +62,35 @@ pub fn resolve_model_dir(explicit: Option<&Path>) -> Result<PathBuf> {
     }
     Err(err!(
         Model,
-        "no model found: pass the model directory as EngineOptions.model or set {MODEL_ENV} (a sentence-transformers directory, e.g. all-MiniLM-L6-v2; scripts/fetch-model.sh fetches one), tried {}",
+        "no model found (tried {}). To get one, run `npx cuda-engine fetch-model` (downloads {DEFAULT_HF_REPO} \
+         into the Hugging Face cache, no Python needed), or set EngineOptions.model / {MODEL_ENV} to a model \
+         directory or a Hugging Face repository id such as {DEFAULT_HF_REPO}. The cache is HF_HUB_CACHE, else \
+         HF_HOME/hub, else ~/.cache/huggingface/hub; HF_ENDPOINT sets the hub to download from; \
+         HF_HUB_OFFLINE=1 uses the cache only",
         tried.join(", ")
     ))
+}
+
+/// A model named by the option or the env: a directory, or a repo id.
+fn resolve_named(p: &Path, origin: &str) -> Result<PathBuf> {
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    let spec = match p.to_str() {
+        Some(s) => hub::classify(s),
+        None => hub::ModelSpec::Path(p.to_path_buf()),
+    };
+    match spec {
+        hub::ModelSpec::Repo(id) => hub::fetch(&id, &hub::FetchOptions::default()).map(|f| f.path).map_err(|e| {
+            err!(Model, "model {id} ({origin}, a Hugging Face repository id: no such directory): {}", e.message)
+        }),
+        hub::ModelSpec::Path(_) => Err(err!(
+            Model,
+            "model directory {} ({origin}) does not exist or is not a directory (not a Hugging Face repository \
+             id either: those are `org/name`, e.g. {DEFAULT_HF_REPO}; `npx cuda-engine fetch-model` downloads one)",
+            p.display()
+        )),
+    }
 }
 
 /// HF hub cache roots, in the order huggingface_hub uses them.
