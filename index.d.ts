@@ -80,10 +80,15 @@ export interface Health {
  * `maxEnvelopeBytes`?); `null` keeps a default.
  */
 export interface EngineOptions {
-  /** Model directory (sentence-transformers layout). A named model (here or
-   * `CUDA_ENGINE_MODEL`) that cannot load rejects `open` with `E_MODEL` naming
-   * the file. None named: ./models/all-MiniLM-L6-v2, then the Hugging Face
-   * cache; none found: the engine opens without local embedding. */
+  /** Model directory (sentence-transformers layout), or a Hugging Face
+   * repository id such as `sentence-transformers/all-MiniLM-L6-v2`, taken from
+   * the Hugging Face cache and downloaded into it when missing (an existing
+   * directory always wins; a value starting with `/`, `./`, `../` or not of the
+   * form `org/name` is a path and never downloads; HF_HUB_OFFLINE=1 never
+   * connects). A named model (here or `CUDA_ENGINE_MODEL`) that cannot load
+   * rejects `open` with `E_MODEL` naming the file. None named:
+   * ./models/all-MiniLM-L6-v2, then the Hugging Face cache; none found: the
+   * engine opens without local embedding. */
   model?: string
   /** Where the model runs: `auto` (default: the first usable GPU, else the
    * CPU), `cuda` (`E_CUDA_UNAVAILABLE` without one), `cpu`, or a GPU index. */
@@ -153,6 +158,28 @@ export interface CloseOptions {
    * to this many ms for in-flight calls, then cancels the rest with
    * `E_CANCELLED` (default 30000; 0 cancels at once). */
   drainMs?: number
+}
+
+/** `fetchModel()` options (docs/model.md "Fetching a model"). Unknown keys
+ * reject with `E_INVALID_ARG` naming the key. */
+export interface FetchModelOptions {
+  /** The Hugging Face cache root to write into (default: HF_HUB_CACHE, else
+   * HF_HOME/hub, else ~/.cache/huggingface/hub). */
+  dir?: string
+  /** The hub (default: HF_ENDPOINT, else https://huggingface.co). */
+  endpoint?: string
+  /** Branch, tag or commit (default `main`). */
+  revision?: string
+}
+
+/** What `fetchModel()` resolves to. */
+export interface FetchedModel {
+  /** The snapshot directory: pass it (or the repository id) as `EngineOptions.model`. */
+  path: string
+  /** Repository files downloaded by this call (empty when all were cached). */
+  downloaded: string[]
+  /** True when the cache had the whole model and no request was made. */
+  cached: boolean
 }
 
 /** Every stable `err.code` (docs/error-codes.json). */
@@ -318,6 +345,17 @@ export declare function embed(input: string | string[], options?: EmbedOptions):
  * with it instead of keeping their own copy.
  */
 export declare function errorCodes(): ErrorCodeInfo[]
+
+/**
+ * Download a model (default sentence-transformers/all-MiniLM-L6-v2) from
+ * the Hugging Face Hub (`endpoint`, else HF_ENDPOINT, else huggingface.co)
+ * into the Hugging Face cache (`dir`, else HF_HUB_CACHE / HF_HOME/hub /
+ * ~/.cache/huggingface/hub), only the files the engine reads; resolves to
+ * the snapshot directory. A complete cached copy makes no request;
+ * HF_HUB_OFFLINE=1 never connects. Errors: `E_INVALID_ARG` (arguments),
+ * `E_MODEL` (not found, network, checksum: names the file).
+ */
+export declare function fetchModel(name?: string | null, options?: FetchModelOptions): Promise<FetchedModel>
 
 /**
  * The worker that the shared discovery rules pick (docs/discovery.md), or

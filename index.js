@@ -839,6 +839,7 @@ module.exports.Engine = nativeBinding.Engine
 module.exports.discoveryCandidates = nativeBinding.discoveryCandidates
 module.exports.embed = nativeBinding.embed
 module.exports.errorCodes = nativeBinding.errorCodes
+module.exports.fetchModel = nativeBinding.fetchModel
 module.exports.findCudaWorkerPath = nativeBinding.findCudaWorkerPath
 module.exports.health = nativeBinding.health
 module.exports.infer = nativeBinding.infer

@@ -13,6 +13,9 @@ fi
 
 # The test model (pinned, checked by sha256).
 bash scripts/fetch-model.sh
+# huggingface_hub (pinned), the real client the fake hub of tests/hub_server.mjs is checked against
+# (__test__/model-hub.test.mjs prints SKIPPED for those checks when it cannot be installed).
+python3 -c 'import sys, huggingface_hub as h; sys.exit(h.__version__ != "1.33.0")' 2>/dev/null || python3 -m pip install -q "huggingface_hub==1.33.0" || echo "huggingface_hub==1.33.0 not installed: the hub interoperability tests will be SKIPPED" >&2
 
 # Gates: they fail fast, before the long builds.
 cargo fmt --all -- --check

@@ -4,6 +4,7 @@
 mod convert;
 mod embed;
 mod error;
+mod hub;
 mod infer;
 mod task;
 

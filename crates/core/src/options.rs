@@ -38,8 +38,11 @@ use crate::worker::{BinaryFormat, WorkerConfig, WorkerMode, MAX_POOL_SIZE};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EngineOptions {
-    /// Model directory (sentence-transformers layout). Loaded at open; a
-    /// missing or malformed one rejects `open` with `E_MODEL`.
+    /// Model directory (sentence-transformers layout), or a Hugging Face
+    /// repository id `org/name` (taken from the HF cache, downloaded into it
+    /// when missing: model::hub; an existing directory always wins, a
+    /// path-like value never downloads). Loaded at open; a missing or
+    /// malformed one rejects `open` with `E_MODEL`.
     pub model: Option<String>,
     /// `'auto'` (default) | `'cuda'` | `'cpu'` | a CUDA device index.
     pub device: Option<Value>,
@@ -99,6 +102,9 @@ pub const CALL_OPTIONS: &[&str] = &["signal", "timeoutMs", "target"];
 pub const EMBED_OPTIONS: &[&str] = &["signal", "timeoutMs", "target", "normalize", "truncate"];
 /// `engine.close(options)` keys.
 pub const CLOSE_OPTIONS: &[&str] = &["drainMs"];
+/// `fetchModel(name, options)` keys (model::hub): `dir` (the Hugging Face
+/// cache root), `endpoint` (the hub), `revision` (branch, tag or commit).
+pub const FETCH_MODEL_OPTIONS: &[&str] = &["dir", "endpoint", "revision"];
 
 /// Hard ceiling on `maxJsonDepth`: JSON and JS-object walks are bounded by
 /// it whatever the user asks for.
