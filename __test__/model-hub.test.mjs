@@ -364,6 +364,32 @@ test('npx cuda-engine fetch-model prints the model directory', async () => {
   assert.match(offline.stderr, /E_MODEL: .*HF_HUB_OFFLINE/)
 })
 
+test('the cuda-worker binary resolves an id the same way: downloads it into the cache on first use', async () => {
+  const bin = ['release', 'debug'].map((p) => path.join(root, 'target', p, 'cuda-worker')).find((p) => fs.existsSync(p))
+  assert.ok(bin, 'cuda-worker is not built: run cargo build --release -p cuda-worker')
+  const cache = freshCache()
+  hub.reset()
+  const child = spawn(bin, ['--options', JSON.stringify({ model: REPO, device: 'cpu' })], {
+    env: { ...process.env, HF_HUB_CACHE: cache, HF_ENDPOINT: hub.endpoint },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  })
+  let out = ''
+  let err = ''
+  child.stdout.on('data', (d) => (out += d))
+  child.stderr.on('data', (d) => (err += d))
+  child.stdin.end(JSON.stringify({ type: 'embedding', payload: { texts: ['The quick brown fox jumps over the lazy dog.'] } }))
+  const code = await new Promise((resolve) => child.on('exit', resolve))
+  assert.equal(code, 0, err)
+  const r = JSON.parse(out)
+  assert.equal(r.ok, true, out)
+  const v = r.result.embeddings[0]
+  assert.equal(v.length, reference.length)
+  assert.ok(v.every((x, i) => Math.abs(x - reference[i]) < 1e-6), 'the same vector as in-process')
+  assert.ok(fs.existsSync(path.join(repoDir(cache), 'snapshots', hub.commit, 'model.safetensors')))
+  assert.ok(hub.log.some((e) => e.url.startsWith('/cdn-lfs/')), 'the worker downloaded the weights')
+  assert.equal(err.includes('downloading'), false, 'no progress line when stderr is not a terminal')
+})
+
 test('with no model anywhere, embed is E_MODEL naming fetch-model and the env vars', async () => {
   const home = path.join(tmp, 'empty-home')
   fs.mkdirSync(home, { recursive: true })

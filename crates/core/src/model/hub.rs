@@ -930,7 +930,7 @@ impl<'a> Progress<'a> {
         self.last = Some(Instant::now());
         let mb = |b: u64| b as f64 / 1e6;
         let rate = mb(have - self.first) / self.start.elapsed().as_secs_f64().max(1e-3);
-        let pct = if self.size > 0 { have * 100 / self.size } else { 100 };
+        let pct = (have * 100).checked_div(self.size).unwrap_or(100);
         eprint!(
             "\rcuda-engine: downloading {} {:.1}/{:.1} MB ({pct}%) {rate:.1} MB/s   ",
             self.rel,

@@ -109,20 +109,22 @@ fn hf_hub_dirs() -> Vec<PathBuf> {
     out
 }
 
-/// The snapshot `refs/main` points to, else any snapshot with a config.json
-/// (sorted, for determinism).
+/// The snapshot `refs/main` points to, else any snapshot that has the
+/// config, tokenizer and weights (sorted, for determinism); a snapshot that
+/// a download is still filling does not count.
 fn hf_snapshot(repo: &Path) -> Option<PathBuf> {
     let snaps = repo.join("snapshots");
+    let usable = |p: &Path| hub::REQUIRED_FILES.iter().all(|f| p.join(f).is_file());
     if let Ok(r) = std::fs::read_to_string(repo.join("refs/main")) {
         let p = snaps.join(r.trim());
-        if p.join("config.json").is_file() {
+        if usable(&p) {
             return Some(p);
         }
     }
     let mut all: Vec<PathBuf> = std::fs::read_dir(&snaps)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").is_file())
+        .filter(|p| usable(p))
         .collect();
     all.sort();
     all.pop()
