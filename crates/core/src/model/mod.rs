@@ -121,11 +121,8 @@ fn hf_snapshot(repo: &Path) -> Option<PathBuf> {
             return Some(p);
         }
     }
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&snaps)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| usable(p))
-        .collect();
+    let mut all: Vec<PathBuf> =
+        std::fs::read_dir(&snaps).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| usable(p)).collect();
     all.sort();
     all.pop()
 }
