@@ -1,11 +1,14 @@
 // Worker discovery from JS (docs/discovery.md) and routing to the worker it
-// finds: CUDA_WORKER_PATH, <baseDir>/cuda-worker/cuda-worker, restarts.
+// finds: CUDA_WORKER_PATH, <baseDir>/cuda-worker/cuda-worker, the bundled
+// worker next to the loaded .node (the npm platform package), restarts.
 import test from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { createRequire } from 'node:module'
+import { execFileSync } from 'node:child_process'
 import { addon, rejection } from './helpers.mjs'
 
 const { Engine, submit, findCudaWorkerPath, discoveryCandidates, health } = addon
@@ -130,4 +133,64 @@ test('a persistent worker SIGKILLed mid-job: in-flight jobs fail fast, it restar
   const after = await engine.health()
   assert.equal(after.worker.restarts, before.worker.restarts + 1)
   assert.notEqual(after.worker.pids[0], pid)
+})
+
+test('bundled: the candidate after the relative ones and before PATH is cuda-worker next to the loaded .node', () => {
+  const loaded = Object.keys(createRequire(import.meta.url).cache).filter((k) => k.endsWith('.node'))
+  assert.equal(loaded.length, 1, `one addon loaded: ${loaded}`)
+  const bundled = path.join(path.dirname(fs.realpathSync(loaded[0])), 'cuda-worker')
+  const saved = process.env.PATH
+  process.env.PATH = '/nonexistent-path-dir'
+  try {
+    const c = withoutEnv(() => discoveryCandidates({ baseDir: '/srv/app' }))
+    assert.equal(c.length, 10, c.join('\n'))
+    assert.equal(c[7], '/srv/app/../cuda-worker/cuda-worker.exe')
+    assert.equal(c[8], bundled)
+    assert.equal(c[9], '/nonexistent-path-dir/cuda-worker')
+  } finally {
+    process.env.PATH = saved
+  }
+})
+
+function withoutEnv(fn) {
+  const saved = process.env.CUDA_WORKER_PATH
+  delete process.env.CUDA_WORKER_PATH
+  try {
+    return fn()
+  } finally {
+    if (saved !== undefined) process.env.CUDA_WORKER_PATH = saved
+  }
+}
+
+test('bundled: an addon loaded from a platform package folder finds and runs the cuda-worker beside it (source "bundled")', (t) => {
+  const loaded = Object.keys(createRequire(import.meta.url).cache).find((k) => k.endsWith('.node'))
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cuda-bundled-'))
+  t.after(() => fs.rmSync(tmp, { recursive: true, force: true }))
+  // The npm layout: node_modules/cuda-engine-<platform>/{<addon>.node, cuda-worker}.
+  const pkgDir = path.join(tmp, 'app', 'node_modules', 'cuda-engine-linux-x64-gnu')
+  fs.mkdirSync(pkgDir, { recursive: true })
+  const addonCopy = path.join(pkgDir, path.basename(loaded))
+  fs.copyFileSync(loaded, addonCopy)
+  fs.copyFileSync(workerBin, path.join(pkgDir, 'cuda-worker'))
+  fs.chmodSync(path.join(pkgDir, 'cuda-worker'), 0o755)
+  const script = `
+    const { Engine, findCudaWorkerPath } = require(${JSON.stringify(path.join(root, 'index.js'))})
+    ;(async () => {
+      const engine = await Engine.open({ worker: { mode: 'persistent' } })
+      const r = await engine.submit({ type: 'echo', payload: 'bundled' }, { target: 'worker' })
+      const h = await engine.health()
+      await engine.close()
+      console.log(JSON.stringify({ found: findCudaWorkerPath(), backend: r.backend, result: r.result, worker: h.worker, cuda_path: h.cuda_path }))
+    })().catch((e) => { console.error(e); process.exit(1) })`
+  const env = { ...process.env, NAPI_RS_NATIVE_LIBRARY_PATH: addonCopy, PATH: path.dirname(process.execPath) }
+  delete env.CUDA_WORKER_PATH
+  const out = execFileSync(process.execPath, ['-e', script], { cwd: path.join(tmp, 'app'), env, encoding: 'utf8' })
+  const got = JSON.parse(out.trim().split('\n').pop())
+  const want = path.join(fs.realpathSync(pkgDir), 'cuda-worker')
+  assert.equal(got.found, want)
+  assert.equal(got.backend, 'worker')
+  assert.equal(got.result, 'bundled')
+  assert.equal(got.worker.source, 'bundled')
+  assert.equal(got.worker.path, want)
+  assert.equal(got.cuda_path[8], want)
 })

@@ -23,6 +23,15 @@ use crate::convert::{call_options, envelope_input, job_result_to_js, json_to_js,
 use crate::error::to_napi;
 use crate::task::spawn_job;
 
+/// When this `.node` is loaded: record its directory, where the npm platform
+/// package ships `cuda-worker` (discovery's bundled step, docs/discovery.md).
+#[napi_derive::module_init]
+fn record_bundled_worker_dir() {
+    if let Some(dir) = discovery::dir_of_loaded_object(record_bundled_worker_dir as usize) {
+        discovery::set_bundled_dir(dir);
+    }
+}
+
 /// The engine behind the module-level functions, opened on first use from
 /// the environment (CUDA_ENGINE_MODEL, CUDA_WORKER_PATH, ...).
 static DEFAULT_ENGINE: OnceCell<Arc<CoreEngine>> = OnceCell::const_new();

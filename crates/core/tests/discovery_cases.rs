@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cuda_engine_core::discovery::{candidates, find_worker, DiscoveryEnv, WorkerSource};
 use serde_json::Value;
@@ -40,6 +40,8 @@ fn run_case(case: &Value) -> Result<(), String> {
         cuda_worker_path: case["env"]["CUDA_WORKER_PATH"].as_str().map(|s| OsString::from(subst(s, root))),
         path: Some(OsString::from(path.join(sep))),
         windows,
+        // The bundled directory (the npm platform package's worker); absent or null: none.
+        bundled_dir: case["bundled_dir"].as_str().map(|s| PathBuf::from(subst(s, root))),
     };
 
     if let Some(want) = case.get("candidates") {
