@@ -66,14 +66,16 @@ node -e '
   pkg.napi.targets = pkg.napi.targets.filter((t) => built.includes(id(t)))
   fs.writeFileSync(f, JSON.stringify(pkg, null, 2) + "\n")' "$stage" "${platforms[@]}"
 
-(cd "$stage" && "$repo/node_modules/.bin/napi" artifacts --output-dir . --npm-dir npm)
+napi() { (cd "$stage" && "$repo/node_modules/.bin/napi" "$@" >>"$out/napi.log" 2>&1) || { cat "$out/napi.log" >&2; exit 1; }; }
+rm -f "$out/napi.log"
+napi artifacts --output-dir . --npm-dir npm
 for name in "${platforms[@]}"; do
   worker=target/release/cuda-worker
   [ -x "$worker" ] || { echo "artifacts: $worker is not built" >&2; exit 1; }
   install -m 755 "$worker" "$stage/npm/$name/cuda-worker"
   [ -f "$stage/npm/$name/cuda-engine.$name.node" ] || { echo "artifacts: napi artifacts did not place cuda-engine.$name.node" >&2; exit 1; }
 done
-(cd "$stage" && "$repo/node_modules/.bin/napi" pre-publish -t npm --skip-optional-publish --no-gh-release >/dev/null)
+napi pre-publish -t npm --skip-optional-publish --no-gh-release
 
 # The published root package must name every platform package at its own version.
 node -e '

@@ -222,7 +222,7 @@ JS
 # 5. --ignore-scripts gives the same install.
 app2=$tmp/app2
 mkdir -p "$app2"
-cp "$app/package.json" "$app2/package.json"
+cp "$app/package.json" "$app/check.cjs" "$app2/"
 (cd "$app2" && PATH=$userpath npm install "cuda-engine@$version" --ignore-scripts --registry "$reg" --loglevel=error >/dev/null)
 listing() { (cd "$1/node_modules" && find . -type f -printf '%p %m %s\n' | grep -v '^./.package-lock.json' | sort); }
 diff <(listing "$app") <(listing "$app2") || { echo "registry-test: --ignore-scripts installs something else" >&2; exit 1; }

@@ -32,3 +32,4 @@ if [ -f scripts/test-go.sh ]; then
   CI_REQUIRE_WORKER=1 bash scripts/test-go.sh
 fi
 node --test __test__/
+ARTIFACTS_SKIP_BUILD=1 bash scripts/test-registry.sh # the published packages installed from a local registry, no Rust on PATH
