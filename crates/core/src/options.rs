@@ -94,6 +94,11 @@ pub struct WorkerOptions {
     pub binary_format: Option<String>,
     /// Linux: become a child subreaper so a worker's abandoned helpers are reaped.
     pub reap_orphans: Option<bool>,
+    /// Persistent mode: delay before the first restart after deaths with no
+    /// job answered (default 50 ms, doubling per death; 0 restarts at once).
+    pub restart_delay_ms: Option<u64>,
+    /// Persistent mode: ceiling of that doubling delay (default 10,000 ms).
+    pub max_restart_delay_ms: Option<u64>,
 }
 
 /// `CallOptions` keys (read by the binding: `signal` is a JS object).
@@ -290,6 +295,20 @@ fn worker_config(spec: &Value, base_dir: &Path) -> Result<WorkerConfig> {
     if let Some(b) = o.reap_orphans {
         c.reap_orphans = b;
     }
+    if let Some(ms) = int(o.restart_delay_ms, "worker.restartDelayMs", 0, 3_600_000)? {
+        c.restart_delay = Duration::from_millis(ms as u64);
+    }
+    if let Some(ms) = int(o.max_restart_delay_ms, "worker.maxRestartDelayMs", 0, 3_600_000)? {
+        c.max_restart_delay = Duration::from_millis(ms as u64);
+    }
+    if c.max_restart_delay < c.restart_delay {
+        return Err(err!(
+            InvalidArg,
+            "`options.worker.maxRestartDelayMs` ({} ms) is below `options.worker.restartDelayMs` ({} ms)",
+            c.max_restart_delay.as_millis(),
+            c.restart_delay.as_millis()
+        ));
+    }
     Ok(c)
 }
 
@@ -428,6 +447,11 @@ mod tests {
             (json!({ "worker": { "path": "x", "discover": true } }), "options.worker.discover"),
             (json!({ "worker": { "discover": false } }), "options.worker.discover"),
             (json!({ "worker": 3 }), "options.worker"),
+            (json!({ "worker": { "restartDelayMs": -1 } }), "options.worker.restartDelayMs"),
+            (
+                json!({ "worker": { "restartDelayMs": 100, "maxRestartDelayMs": 10 } }),
+                "options.worker.maxRestartDelayMs",
+            ),
             (json!([]), "options"),
         ] {
             let m = msg(v.clone());
@@ -442,7 +466,8 @@ mod tests {
             "maxEnvelopeBytes": 1000, "maxJsonDepth": 7, "maxInFlight": 9, "maxBatchTokens": 512,
             "maxBatchSize": 8, "maxQueuedTexts": 99, "maxTextsPerCall": 5,
             "worker": { "path": "w", "mode": "persistent", "args": ["-x"], "timeoutMs": 1500, "maxOutputBytes": 1000,
-                        "maxStderrBytes": 10, "poolSize": 3, "binaryFormat": "msgpack", "reapOrphans": true }
+                        "maxStderrBytes": 10, "poolSize": 3, "binaryFormat": "msgpack", "reapOrphans": true,
+                        "restartDelayMs": 0, "maxRestartDelayMs": 20 }
         }))
         .and_then(EngineOptions::into_config)
         .unwrap();
@@ -457,6 +482,7 @@ mod tests {
         assert_eq!((w.path.unwrap(), w.mode, w.args), (PathBuf::from("w"), WorkerMode::Persistent, vec!["-x".into()]));
         assert_eq!((w.timeout, w.max_output_bytes, w.max_stderr_bytes), (Duration::from_millis(1500), 1000, 10));
         assert_eq!((w.pool_size, w.binary_format, w.reap_orphans), (3, BinaryFormat::MsgPack, true));
+        assert_eq!((w.restart_delay, w.max_restart_delay), (Duration::ZERO, Duration::from_millis(20)));
         // Defaults: persistent mode passes --serve; a string is a one-shot path.
         let c = EngineOptions::from_json(&json!({ "worker": { "mode": "persistent" }, "device": 1 }))
             .and_then(EngineOptions::into_config)
@@ -472,7 +498,7 @@ mod tests {
         let names = EngineOptions::field_names();
         assert!(names.contains(&"maxEnvelopeBytes".to_string()) && names.contains(&"baseDir".to_string()));
         assert_eq!(names.len(), 13);
-        assert_eq!(WorkerOptions::field_names().len(), 10);
+        assert_eq!(WorkerOptions::field_names().len(), 12);
         // Every listed name deserializes (no drift between the list and serde).
         for n in names {
             EngineOptions::from_json(&json!({ n.clone(): null })).unwrap_or_else(|e| panic!("{n}: {e}"));

@@ -80,11 +80,17 @@ pub struct WorkerConfig {
     pub reap_orphans: bool,
     /// The environment discovery reads; None = this process's.
     pub discovery_env: Option<DiscoveryEnv>,
+    /// Persistent mode: restart delay after a death with no job answered
+    /// since the last one; doubles per such death up to `max_restart_delay`.
+    pub restart_delay: Duration,
+    pub max_restart_delay: Duration,
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_STDERR_BYTES: usize = 64 * 1024;
+pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_millis(50);
+pub const DEFAULT_MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
 /// Persistent worker processes at most (`worker.poolSize`).
 pub const MAX_POOL_SIZE: usize = 64;
 
@@ -104,6 +110,8 @@ impl WorkerConfig {
             binary_format: BinaryFormat::Cbor,
             reap_orphans: false,
             discovery_env: None,
+            restart_delay: DEFAULT_RESTART_DELAY,
+            max_restart_delay: DEFAULT_MAX_RESTART_DELAY,
         }
     }
 }

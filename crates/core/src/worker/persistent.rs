@@ -33,16 +33,25 @@ use crate::jobs::JobOutput;
 
 type Outcome = Result<(JobOutput, &'static str)>;
 
-/// Restart delay after the n-th death in a row: 50 ms doubling to 10 s. A
-/// process that answered at least one job resets the count, so a worker
-/// that crashes once after hours of service comes back at once.
-fn backoff(deaths_in_a_row: u32) -> Duration {
+/// Restart delay after the n-th death in a row: `first` doubling up to
+/// `max` (defaults 50 ms and 10 s: `worker.restartDelayMs`,
+/// `worker.maxRestartDelayMs`). A process that answered at least one job
+/// resets the count, so a worker that crashes once after hours of service
+/// comes back at once.
+fn backoff(deaths_in_a_row: u32, first: Duration, max: Duration) -> Duration {
     if deaths_in_a_row == 0 {
         return Duration::ZERO;
     }
-    let exp = (deaths_in_a_row - 1).min(8);
-    (Duration::from_millis(50) * (1u32 << exp)).min(Duration::from_secs(10))
+    let exp = (deaths_in_a_row - 1).min(16);
+    first.saturating_mul(1u32 << exp).min(max)
 }
+
+/// After a worker exits, how long its stdout and stderr are still read:
+/// answers it wrote just before exiting are in the pipe, and must reach
+/// their callers. Strays of its group are killed at once; one that escaped
+/// the group (`setsid`) and holds the pipes is abandoned after this grace,
+/// and the pipes are closed (Go's `Cmd.WaitDelay`), so no fd outlives it.
+const POST_EXIT_GRACE: Duration = Duration::from_millis(500);
 
 struct Pending {
     dead: bool,
@@ -60,6 +69,12 @@ pub(crate) struct Proc {
     /// Nanoseconds after `born` of the last message read from stdout.
     last_output: AtomicU64,
     answered: AtomicU64,
+    /// Set when the leader has exited: no new job is sent to it.
+    exited: watch::Sender<bool>,
+    /// Count of the stdout and stderr readers that have finished (2 = both).
+    pipes_closed: watch::Sender<u8>,
+    /// Tells the readers to drop their pipes (a stray holds them open).
+    abandon: CancellationToken,
     reaped: watch::Receiver<bool>,
 }
 
@@ -69,7 +84,7 @@ impl Proc {
     }
 
     fn is_dead(&self) -> bool {
-        self.pending.lock().unwrap().dead
+        *self.exited.borrow() || self.pending.lock().unwrap().dead
     }
 
     /// Kill the group, recording why (the waiter reports it to every job).
@@ -87,7 +102,7 @@ impl Proc {
     fn register(&self, id: u64) -> Result<oneshot::Receiver<Outcome>> {
         let (tx, rx) = oneshot::channel();
         let mut p = self.pending.lock().unwrap();
-        if p.dead {
+        if p.dead || *self.exited.borrow() {
             return Err(err!(WorkerExit, "worker pid {} exited before the job could be sent", self.pid));
         }
         p.map.insert(id, tx);
@@ -137,12 +152,22 @@ impl Slot {
         if let Some(p) = self.current() {
             return Ok(p);
         }
+        // The last process exited and its answers are still being read:
+        // its death decides the back-off, so wait for it to be counted.
+        let exiting = self.cur.lock().unwrap().clone();
+        if let Some(p) = exiting {
+            let mut reaped = p.reaped.clone();
+            let _ = reaped.wait_for(|r| *r).await;
+        }
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(err!(WorkerExit, "the worker pool is shut down"));
         }
+        let cfg = &self.shared.cfg;
         let wait = {
             let b = self.backoff.lock().unwrap();
-            b.last_death.map_or(Duration::ZERO, |t| backoff(b.deaths_in_a_row).saturating_sub(t.elapsed()))
+            b.last_death.map_or(Duration::ZERO, |t| {
+                backoff(b.deaths_in_a_row, cfg.restart_delay, cfg.max_restart_delay).saturating_sub(t.elapsed())
+            })
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -183,6 +208,9 @@ impl Slot {
             born: Instant::now(),
             last_output: AtomicU64::new(0),
             answered: AtomicU64::new(0),
+            exited: watch::channel(false).0,
+            pipes_closed: watch::channel(0).0,
+            abandon: CancellationToken::new(),
             reaped: reaped_rx,
         });
         log::debug!(target: "cuda_engine::worker", "started worker {} pid {pid} (slot {})", self.shared.path.display(), self.index);
@@ -237,8 +265,8 @@ async fn write_task(mut rx: mpsc::UnboundedReceiver<Vec<u8>>, stdin: ChildStdin,
 /// Give a worker whose pipe closed 250 ms to exit on its own (so the waiter
 /// reports its real exit status and stderr); kill it with `reason` if not.
 async fn kill_unless_exiting(proc: &Proc, reason: CoreError) {
-    let mut reaped = proc.reaped.clone();
-    if tokio::time::timeout(Duration::from_millis(250), reaped.wait_for(|r| *r)).await.is_err() {
+    let mut exited = proc.exited.subscribe();
+    if tokio::time::timeout(Duration::from_millis(250), exited.wait_for(|e| *e)).await.is_err() {
         proc.kill_for(reason);
     }
 }
@@ -312,8 +340,35 @@ async fn read_msg(r: &mut BufReader<ChildStdout>, max: usize) -> std::result::Re
     }
 }
 
+/// Counts a reader as finished when it returns, however it returns (its
+/// pipe is dropped with it).
+struct PipeDone<'a>(&'a Proc);
+
+impl Drop for PipeDone<'_> {
+    fn drop(&mut self) {
+        self.0.pipes_closed.send_modify(|n| *n += 1);
+    }
+}
+
 async fn read_task(stdout: ChildStdout, proc: Arc<Proc>, max: usize) {
-    let mut r = BufReader::with_capacity(64 * 1024, stdout);
+    {
+        let _done = PipeDone(&proc);
+        let r = BufReader::with_capacity(64 * 1024, stdout);
+        tokio::select! {
+            _ = read_responses(r, &proc, max) => {}
+            _ = proc.abandon.cancelled() => return,
+        }
+    }
+    // EOF: usually the worker is exiting; let the waiter report it with the
+    // exit status and stderr. A worker that closed stdout and lives on can
+    // never answer again: kill it.
+    let reason = err!(WorkerExit, "worker pid {} closed its stdout", proc.pid);
+    kill_unless_exiting(&proc, reason).await;
+}
+
+/// Completes waiting jobs until EOF, or until a protocol error (which kills
+/// the worker: the stream cannot be resynchronised).
+async fn read_responses(mut r: BufReader<ChildStdout>, proc: &Proc, max: usize) {
     loop {
         let msg = match read_msg(&mut r, max).await {
             Ok(Some(m)) => m,
@@ -357,17 +412,17 @@ async fn read_task(stdout: ChildStdout, proc: Arc<Proc>, max: usize) {
         }
         // Unknown id: the job timed out or was cancelled; drop the late reply.
     }
-    // EOF: usually the worker is exiting; let the waiter report it with the
-    // exit status and stderr. A worker that closed stdout and lives on can
-    // never answer again: kill it.
-    let reason = err!(WorkerExit, "worker pid {} closed its stdout", proc.pid);
-    kill_unless_exiting(&proc, reason).await;
 }
 
 async fn stderr_task(mut stderr: ChildStderr, proc: Arc<Proc>) {
+    let _done = PipeDone(&proc);
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        match stderr.read(&mut buf).await {
+        let read = tokio::select! {
+            r = stderr.read(&mut buf) => r,
+            _ = proc.abandon.cancelled() => break,
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 if log::log_enabled!(target: "cuda_engine::worker", log::Level::Debug) {
@@ -381,8 +436,18 @@ async fn stderr_task(mut stderr: ChildStderr, proc: Arc<Proc>) {
 
 async fn wait_task(mut child: Child, proc: Arc<Proc>, slot: Arc<Slot>, reaped: watch::Sender<bool>) {
     let status = child.wait().await;
+    proc.exited.send_replace(true);
     // Strays in the group could hold the pipes open: kill them first.
     process::kill_group(proc.pgid);
+    // Then read what the worker wrote before it exited, to EOF, for at most
+    // the grace; a stray outside the group that still holds the pipes is
+    // abandoned (the pipes are closed: no fd leaks).
+    let mut closed = proc.pipes_closed.subscribe();
+    if tokio::time::timeout(POST_EXIT_GRACE, closed.wait_for(|n| *n >= 2)).await.is_err() {
+        log::warn!(target: "cuda_engine::worker", "worker pid {} exited but something still holds its pipes after {} ms (a setsid helper?); closing them", proc.pid, POST_EXIT_GRACE.as_millis());
+        proc.abandon.cancel();
+        let _ = closed.wait_for(|n| *n >= 2).await;
+    }
     let reason = proc.kill_reason.lock().unwrap().take();
     let reason = reason.unwrap_or_else(|| {
         let how = match &status {

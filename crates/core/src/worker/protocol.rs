@@ -480,13 +480,19 @@ fn static_encoding(s: Option<&str>, default: &'static str) -> &'static str {
     s.and_then(Encoding::parse).map(Encoding::as_str).unwrap_or(default)
 }
 
+/// A worker's `ok: false` reply. A code from the table passes through; any
+/// other (or none) is `E_WORKER_PROTOCOL` naming it: `E_INTERNAL` is kept
+/// for this engine's own bugs.
 fn worker_error(code: Option<&str>, message: Option<&str>) -> CoreError {
     let message = message.unwrap_or("(no message)");
     match code.and_then(ErrorCode::parse) {
         Some(code) => CoreError::new(code, format!("worker: {message}")),
         None => CoreError::new(
-            ErrorCode::Internal,
-            format!("worker failed with code {}: {message}", code.unwrap_or("(none)")),
+            ErrorCode::WorkerProtocol,
+            format!(
+                "worker failed with {}, which is not a code of the table: {message}",
+                code.map_or("no code".to_string(), |c| format!("code {c:?}"))
+            ),
         ),
     }
 }
