@@ -27,7 +27,7 @@ use crate::task::spawn_job;
 /// package ships `cuda-worker` (discovery's bundled step, docs/discovery.md).
 #[napi_derive::module_init]
 fn record_bundled_worker_dir() {
-    if let Some(dir) = discovery::dir_of_loaded_object(record_bundled_worker_dir as usize) {
+    if let Some(dir) = discovery::dir_of_loaded_object(record_bundled_worker_dir as *const () as usize) {
         discovery::set_bundled_dir(dir);
     }
 }

@@ -301,7 +301,7 @@ mod tests {
     #[test]
     fn dir_of_loaded_object_finds_this_test_binary() {
         let f: fn() -> bool = || true;
-        let dir = dir_of_loaded_object(f as usize).expect("dladdr knows our own code");
+        let dir = dir_of_loaded_object(f as *const () as usize).expect("dladdr knows our own code");
         let exe = std::env::current_exe().unwrap();
         assert_eq!(dir, std::fs::canonicalize(exe).unwrap().parent().unwrap());
         assert_eq!(dir_of_loaded_object(0), None);
