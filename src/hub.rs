@@ -2,6 +2,10 @@
 //! from the Hugging Face Hub into the HF cache without Python (the
 //! downloader is `cuda_engine_core::model::hub`). Runs on a blocking thread.
 
+// `cargo test` builds compile the napi registration out and would see these
+// as unused (as in src/infer.rs).
+#![cfg_attr(test, allow(dead_code))]
+
 use cuda_engine_core::model::hub::{self, FetchOptions, RepoId};
 use cuda_engine_core::model::DEFAULT_HF_REPO;
 use cuda_engine_core::options;
@@ -30,7 +34,13 @@ fn fetch_args(name: Option<JsVal>, options: Option<JsVal>) -> std::result::Resul
     let obj = match &json {
         Value::Null => return Ok((repo, FetchOptions::default())),
         Value::Object(o) => o,
-        other => return Err(err!(InvalidArg, "`options` must be an object {{ dir?, endpoint?, revision? }}, got {}", kind(other))),
+        other => {
+            return Err(err!(
+                InvalidArg,
+                "`options` must be an object {{ dir?, endpoint?, revision? }}, got {}",
+                kind(other)
+            ))
+        }
     };
     options::check_keys(obj.keys().map(String::as_str), options::FETCH_MODEL_OPTIONS, "options")?;
     let text = |key: &str| -> std::result::Result<Option<String>, CoreError> {
@@ -79,7 +89,8 @@ pub fn fetch_model<'e>(
     options: Option<Unknown<'e>>,
 ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw = env.raw();
-    let args = fetch_args(name.map(|n| JsVal::new(raw, n.value().value)), options.map(|o| JsVal::new(raw, o.value().value)));
+    let args =
+        fetch_args(name.map(|n| JsVal::new(raw, n.value().value)), options.map(|o| JsVal::new(raw, o.value().value)));
     spawn_job(
         env,
         Ok(ParsedCall::default()),
