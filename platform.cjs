@@ -71,7 +71,9 @@ function firstCause(err) {
     causes.push(e)
     e = e.cause
   }
-  const real = causes.find((c) => c && c.code !== 'MODULE_NOT_FOUND') || causes[0]
+  // "Cannot find module" for every name the loader tried says nothing more
+  // than the message does; a dlopen error (wrong glibc, bad file) does.
+  const real = causes.find((c) => c && c.code !== 'MODULE_NOT_FOUND' && !/^Cannot find module /.test(String(c.message || c)))
   return real ? String(real.message || real).split('\n')[0] : ''
 }
 
