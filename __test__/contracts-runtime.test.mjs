@@ -225,3 +225,52 @@ test('every function index.d.ts declares is exported, by require and by import',
   }
   assert.equal(typeof addon.Engine.open, 'function')
 })
+
+// Issue 10 item 4: the JS-object walk (in) and the JSON-to-JS build (out)
+// are iterative, so nesting at the ceiling works on a small native stack.
+function nested(n) {
+  let v = 0
+  for (let i = 0; i < n; i++) v = i % 2 ? [v] : { k: v }
+  return v
+}
+function depthOf(v) {
+  let d = 0
+  while (typeof v === 'object' && v !== null) { v = Array.isArray(v) ? v[0] : v.k; d++ }
+  return d
+}
+
+test('payloads nested to the depth ceiling round-trip; deeper is E_TOO_DEEP', async () => {
+  const engine = await Engine.open({ maxJsonDepth: 1000 })
+  try {
+    const r = await engine.submit({ type: 'echo', payload: nested(990) })
+    assert.equal(depthOf(r.result), 990)
+    const err = await rejection(engine.submit({ type: 'echo', payload: nested(1010) }))
+    assert.equal(err.code, 'E_TOO_DEEP', err.message)
+  } finally {
+    await engine.close()
+  }
+})
+
+test('deep payloads in a worker thread with a small stack settle', async () => {
+  const { Worker } = await import('node:worker_threads')
+  const code = `
+    const { parentPort } = require('node:worker_threads')
+    const { Engine } = require(${JSON.stringify(path.join(root, 'index.js'))})
+    ${nested.toString()}
+    ${depthOf.toString()}
+    ;(async () => {
+      const engine = await Engine.open({ maxJsonDepth: 1000 })
+      const r = await engine.submit({ type: 'echo', payload: nested(990) })
+      const e = await engine.submit({ type: 'echo', payload: nested(5000) }).catch((e) => e)
+      await engine.close()
+      parentPort.postMessage({ depth: depthOf(r.result), code: e.code })
+    })().catch((e) => parentPort.postMessage({ error: String(e && e.stack) }))`
+  const w = new Worker(code, { eval: true, resourceLimits: { stackSizeMb: 1 } })
+  const msg = await new Promise((resolve, reject) => {
+    w.once('message', resolve)
+    w.once('error', reject)
+    w.once('exit', (c) => reject(new Error(`worker exited ${c}`)))
+  })
+  await w.terminate()
+  assert.deepEqual(msg, { depth: 990, code: 'E_TOO_DEEP' })
+})

@@ -376,15 +376,51 @@ impl JsonWalker {
 
     /// Convert with JSON.stringify semantics: `undefined`, functions and
     /// symbols are dropped from objects and become null in arrays.
-    /// Returns None for values JSON would drop.
+    /// Returns None for values JSON would drop. `depth` is the level `v`
+    /// sits at (its containers count against `max_depth`).
+    ///
+    /// Iterative: the containers being read are on a heap stack, never the
+    /// native one, so no depth limit a user sets can overflow it (the limit
+    /// itself has a hard ceiling, `options::MAX_JSON_DEPTH`).
     pub fn walk(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Option<Value>> {
+        let mut stack: Vec<Open> = Vec::new();
+        let mut done = match self.visit(v, path, depth)? {
+            Visited::Value(x) => return Ok(x),
+            Visited::Open(frame) => {
+                stack.push(frame);
+                None
+            }
+        };
+        loop {
+            let top = stack.last_mut().expect("the loop returns when the stack empties");
+            if let Some(item) = done.take() {
+                top.accept(item, path);
+            }
+            match self.next_child(top, path)? {
+                Some(child) => match self.visit(child, path, depth + stack.len())? {
+                    Visited::Value(x) => done = Some(x),
+                    Visited::Open(frame) => stack.push(frame),
+                },
+                None => {
+                    let value = stack.pop().expect("top exists").finish();
+                    if stack.is_empty() {
+                        return Ok(Some(value));
+                    }
+                    done = Some(Some(value));
+                }
+            }
+        }
+    }
+
+    /// A scalar's value, or an array/object opened for reading.
+    fn visit(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Visited> {
         let t = v.type_of()?;
-        Ok(Some(match t {
-            sys::ValueType::napi_undefined => return Ok(None),
+        Ok(Visited::Value(Some(match t {
+            sys::ValueType::napi_undefined => return Ok(Visited::Value(None)),
             sys::ValueType::napi_function | sys::ValueType::napi_symbol if self.strict => {
                 return Err(err!(InvalidArg, "`{path}` is {}, not a JSON value", v.kind_name()))
             }
-            sys::ValueType::napi_function | sys::ValueType::napi_symbol => return Ok(None),
+            sys::ValueType::napi_function | sys::ValueType::napi_symbol => return Ok(Visited::Value(None)),
             sys::ValueType::napi_null => {
                 self.spend(4, path)?;
                 Value::Null
@@ -424,44 +460,97 @@ impl JsonWalker {
                 if v.is_array() {
                     let n = v.array_len()?;
                     self.spend(2 + n as usize, path)?;
-                    let mut items = Vec::with_capacity((n as usize).min(4096));
-                    for i in 0..n {
-                        use std::fmt::Write;
-                        let _ = write!(path, "[{i}]");
-                        let item = self.walk(v.element(i)?, path, depth + 1)?;
-                        path.truncate(base);
-                        items.push(item.unwrap_or(Value::Null));
-                    }
-                    Value::Array(items)
-                } else {
-                    if let Some(bytes) = v.typed_bytes()? {
-                        return Err(err!(
-                            InvalidArg,
-                            "`{path}` is binary ({} bytes); binary data goes in `payload` itself or `payload_b64`",
-                            bytes.len()
-                        ));
-                    }
-                    let keys = v.own_keys()?;
-                    let n = keys.array_len()?;
-                    self.spend(2, path)?;
-                    let mut map = Map::new();
-                    for i in 0..n {
-                        let key = keys.element(i)?;
-                        let name = key.string()?;
-                        self.spend(name.len() + 3, path)?;
-                        path.push('.');
-                        path.push_str(&name);
-                        let item = self.walk(v.property(key)?, path, depth + 1)?;
-                        path.truncate(base);
-                        if let Some(item) = item {
-                            map.insert(name, item);
-                        }
-                    }
-                    Value::Object(map)
+                    let items = Vec::with_capacity((n as usize).min(4096));
+                    return Ok(Visited::Open(Open { v, base, n, i: 0, kind: OpenKind::Array(items) }));
                 }
+                if let Some(bytes) = v.typed_bytes()? {
+                    return Err(err!(
+                        InvalidArg,
+                        "`{path}` is binary ({} bytes); binary data goes in `payload` itself or `payload_b64`",
+                        bytes.len()
+                    ));
+                }
+                let keys = v.own_keys()?;
+                let n = keys.array_len()?;
+                self.spend(2, path)?;
+                let kind = OpenKind::Object { keys, map: Map::new(), key: String::new() };
+                return Ok(Visited::Open(Open { v, base, n, i: 0, kind }));
             }
             _ => return Err(err!(InvalidArg, "`{path}` has an unsupported type")),
-        }))
+        })))
+    }
+
+    /// The next element or property value of `f` (its path pushed), or
+    /// None when all were read.
+    fn next_child(&mut self, f: &mut Open, path: &mut String) -> Result<Option<JsVal>> {
+        if f.i >= f.n {
+            return Ok(None);
+        }
+        let i = f.i;
+        f.i += 1;
+        match &mut f.kind {
+            OpenKind::Array(_) => {
+                use std::fmt::Write;
+                let _ = write!(path, "[{i}]");
+                Ok(Some(f.v.element(i)?))
+            }
+            OpenKind::Object { keys, key, .. } => {
+                let k = keys.element(i)?;
+                *key = k.string()?;
+                self.spend(key.len() + 3, path)?;
+                path.push('.');
+                path.push_str(key);
+                Ok(Some(f.v.property(k)?))
+            }
+        }
+    }
+}
+
+enum Visited {
+    Value(Option<Value>),
+    Open(Open),
+}
+
+/// An array or object being read by [`JsonWalker::walk`].
+struct Open {
+    v: JsVal,
+    /// `path`'s length at this container.
+    base: usize,
+    n: u32,
+    /// The next index to read.
+    i: u32,
+    kind: OpenKind,
+}
+
+enum OpenKind {
+    Array(Vec<Value>),
+    /// `key`: the property being read.
+    Object {
+        keys: JsVal,
+        map: Map<String, Value>,
+        key: String,
+    },
+}
+
+impl Open {
+    /// The value of the child just read (None: JSON drops it).
+    fn accept(&mut self, item: Option<Value>, path: &mut String) {
+        path.truncate(self.base);
+        match &mut self.kind {
+            OpenKind::Array(items) => items.push(item.unwrap_or(Value::Null)),
+            OpenKind::Object { map, key, .. } => {
+                if let Some(item) = item {
+                    map.insert(std::mem::take(key), item);
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Value {
+        match self.kind {
+            OpenKind::Array(items) => Value::Array(items),
+            OpenKind::Object { map, .. } => Value::Object(map),
+        }
     }
 }
 
@@ -725,34 +814,75 @@ pub fn job_result_to_js(env: &Env, r: JobResult) -> napi::Result<Unknown<'_>> {
     Ok(unsafe { Unknown::from_raw_unchecked(raw, out) })
 }
 
-/// JSON into a JS value. Iterative depth is bounded by the envelope's depth
-/// limit, so plain recursion is safe here.
+/// JSON into a JS value, iteratively (a heap stack, like the walk in),
+/// so no nesting can overflow the native stack.
 pub fn json_to_js<'e>(env: &'e Env, v: &Value) -> napi::Result<Unknown<'e>> {
-    Ok(match v {
-        Value::Null => Null.into_unknown(env)?,
-        Value::Bool(b) => b.into_unknown(env)?,
-        Value::Number(n) => n.as_f64().unwrap_or(f64::NAN).into_unknown(env)?,
-        Value::String(s) => s.as_str().into_unknown(env)?,
-        Value::Array(items) => {
-            let mut arr = env.create_array(items.len() as u32)?;
-            for (i, item) in items.iter().enumerate() {
-                arr.set(i as u32, json_to_js(env, item)?)?;
+    enum Frame<'e, 'v> {
+        Array(Array<'e>, std::iter::Enumerate<std::slice::Iter<'v, Value>>, u32),
+        Object(Object<'e>, serde_json::map::Iter<'v>, &'v str),
+    }
+    enum Step<'e, 'v> {
+        Leaf(Unknown<'e>),
+        Open(Frame<'e, 'v>),
+    }
+    fn open<'e, 'v>(env: &'e Env, v: &'v Value) -> napi::Result<Step<'e, 'v>> {
+        Ok(match v {
+            Value::Null => Step::Leaf(Null.into_unknown(env)?),
+            Value::Bool(b) => Step::Leaf(b.into_unknown(env)?),
+            Value::Number(n) => Step::Leaf(n.as_f64().unwrap_or(f64::NAN).into_unknown(env)?),
+            Value::String(s) => Step::Leaf(s.as_str().into_unknown(env)?),
+            Value::Array(items) => {
+                Step::Open(Frame::Array(env.create_array(items.len() as u32)?, items.iter().enumerate(), 0))
             }
-            arr.into_unknown(env)?
-        }
-        Value::Object(map) => {
-            let mut obj = Object::new(env)?;
-            for (k, item) in map {
-                let value = json_to_js(env, item)?;
-                if k == "__proto__" || k.contains('\0') {
-                    define_own_property(env, &obj, k, value)?;
-                } else {
-                    obj.set_named_property(k, value)?;
+            Value::Object(map) => Step::Open(Frame::Object(Object::new(env)?, map.iter(), "")),
+        })
+    }
+    let mut stack = match open(env, v)? {
+        Step::Leaf(u) => return Ok(u),
+        Step::Open(f) => vec![f],
+    };
+    let mut done: Option<Unknown<'e>> = None;
+    loop {
+        let top = stack.last_mut().expect("the loop returns when the stack empties");
+        if let Some(value) = done.take() {
+            match top {
+                Frame::Array(arr, _, i) => arr.set(*i, value)?,
+                Frame::Object(obj, _, k) => {
+                    if *k == "__proto__" || k.contains('\0') {
+                        define_own_property(env, obj, k, value)?;
+                    } else {
+                        obj.set_named_property(k, value)?;
+                    }
                 }
             }
-            obj.into_unknown(env)?
         }
-    })
+        let child = match top {
+            Frame::Array(_, items, i) => items.next().map(|(n, item)| {
+                *i = n as u32;
+                item
+            }),
+            Frame::Object(_, entries, k) => entries.next().map(|(key, item)| {
+                *k = key.as_str();
+                item
+            }),
+        };
+        match child {
+            Some(item) => match open(env, item)? {
+                Step::Leaf(u) => done = Some(u),
+                Step::Open(f) => stack.push(f),
+            },
+            None => {
+                let u = match stack.pop().expect("top exists") {
+                    Frame::Array(arr, ..) => arr.into_unknown(env)?,
+                    Frame::Object(obj, ..) => obj.into_unknown(env)?,
+                };
+                if stack.is_empty() {
+                    return Ok(u);
+                }
+                done = Some(u);
+            }
+        }
+    }
 }
 
 /// `Object.defineProperty(obj, key, {value, writable, enumerable,
