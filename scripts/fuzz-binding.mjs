@@ -355,7 +355,9 @@ function genTypedBytes(r) {
 
 function safeJson(v) {
   try {
-    return JSON.parse(JSON.stringify(v, (k, x) => (typeof x === 'bigint' ? String(x) : x)) ?? 'null')
+    // (a giant sparse array would make a 300 MB string here: keep its length)
+    const rep = (k, x) => (typeof x === 'bigint' ? String(x) : Array.isArray(x) && x.length > 1e5 ? x.length : x)
+    return JSON.parse(JSON.stringify(v, rep) ?? 'null')
   } catch {
     return null
   }
