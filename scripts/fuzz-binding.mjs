@@ -240,7 +240,13 @@ function genObject(r, depth) {
     default: {
       const o = {}
       const n = r.int(5)
-      for (let i = 0; i < n; i++) o[r.chance(0.5) ? r.pick(KEYS) : genString(r)] = genValue(r, depth + 1)
+      for (let i = 0; i < n; i++) {
+        const k = r.chance(0.5) ? r.pick(KEYS) : genString(r)
+        const v = genValue(r, depth + 1)
+        try {
+          o[k] = v // `__proto__` sets the prototype (a Proxy or a revoked one, too)
+        } catch {}
+      }
       return o
     }
   }
@@ -453,6 +459,17 @@ function genInput(seed, i) {
     x -= w
   }
   let args
+  try {
+    args = genArgs(r, fn)
+  } catch (e) {
+    args = [`generator threw: ${e}`]
+  }
+  if (r.chance(0.05)) args.push(genValue(r, 1)) // an extra argument
+  return { i, fn, args }
+}
+
+function genArgs(r, fn) {
+  let args
   switch (fn) {
     case 'submit':
     case 'engine.submit':
@@ -479,8 +496,7 @@ function genInput(seed, i) {
     default:
       args = r.chance(0.5) ? [] : [genValue(r, 1)]
   }
-  if (r.chance(0.05)) args.push(genValue(r, 1)) // an extra argument
-  return { i, fn, args }
+  return args
 }
 
 function describe(v, depth = 0) {
