@@ -274,3 +274,32 @@ test('deep payloads in a worker thread with a small stack settle', async () => {
   await w.terminate()
   assert.deepEqual(msg, { depth: 990, code: 'E_TOO_DEEP' })
 })
+
+// Issue 10 item 10: argument conversion on the JS thread is bounded by
+// maxPayloadValues (values read one by one) and maxEnvelopeBytes (bytes
+// copied, embed texts included), checked before the walk or the copy.
+test('maxPayloadValues bounds object payloads and infer data arrays; embed texts are bounded in bytes', async () => {
+  const big = await rejection(submit({ type: 'echo', payload: new Array(6e7) }))
+  assert.equal(big.code, 'E_TOO_LARGE', big.message)
+  assert.ok(big.message.includes('maxPayloadValues') && big.message.includes('`payload`'), big.message)
+  const engine = await Engine.open({ maxPayloadValues: 100, maxEnvelopeBytes: 1000 })
+  try {
+    const ok = await engine.submit({ type: 'echo', payload: Array.from({ length: 98 }, (_, i) => i) })
+    assert.equal(ok.result.length, 98)
+    const over = await rejection(engine.submit({ type: 'echo', payload: Array.from({ length: 34 }, (_, i) => ({ a: i })) }))
+    assert.equal(over.code, 'E_TOO_LARGE', over.message)
+    assert.ok(over.message.includes('`payload['), over.message)
+    const data = await rejection(engine.infer({ inputs: [{ name: 'input_ids', shape: [1, 101], datatype: 'INT64', data: new Array(101).fill(1) }] }))
+    assert.equal(data.code, 'E_TOO_LARGE', data.message)
+    assert.ok(data.message.includes('maxPayloadValues'), data.message)
+    // A typed array is one copy: it does not count.
+    const typed = await engine.infer({ inputs: [{ name: 'input_ids', shape: [1, 3], datatype: 'INT64', data: new BigInt64Array([101n, 7592n, 102n]) }] }).catch((e) => e)
+    assert.notEqual(typed.code, 'E_TOO_LARGE', String(typed.message))
+    const texts = await rejection(engine.embed(['a'.repeat(600), 'b'.repeat(600)]))
+    assert.equal(texts.code, 'E_TOO_LARGE', texts.message)
+    assert.ok(texts.message.includes('texts[1]') && texts.message.includes('maxEnvelopeBytes'), texts.message)
+  } finally {
+    await engine.close()
+  }
+  await invalid(Engine.open({ maxPayloadValues: 0 }), 'options.maxPayloadValues')
+})

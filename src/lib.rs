@@ -111,7 +111,11 @@ fn embed_impl<'e>(
 ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
     let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)), options::EMBED_OPTIONS);
-    let request = embed::embed_input(JsVal::new(raw_env, input.value().value), engine.max_texts_per_call());
+    let request = embed::embed_input(
+        JsVal::new(raw_env, input.value().value),
+        engine.max_texts_per_call(),
+        engine.limits().max_envelope_bytes,
+    );
     let opts = parsed.as_ref().map(embed::embed_options).unwrap_or_default();
     let single = request.as_ref().is_ok_and(|i| i.single);
     spawn_job(

@@ -12,11 +12,25 @@ pub struct Limits {
     pub max_envelope_bytes: usize,
     /// Deepest JSON nesting accepted (arrays + objects).
     pub max_json_depth: usize,
+    /// Most JS values one call's arguments may hold when they are read on
+    /// the JS thread value by value (object payloads: every value, key and
+    /// container; `infer` data given as plain arrays: every element). It
+    /// bounds how long one call blocks the event loop (~0.5 µs a value:
+    /// the default is about 25–100 ms, by value kind). Strings, bytes and typed arrays are
+    /// copied whole and do not count.
+    pub max_payload_values: usize,
 }
+
+/// Default of [`Limits::max_payload_values`] (`maxPayloadValues`).
+pub const DEFAULT_MAX_PAYLOAD_VALUES: usize = 50_000;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_envelope_bytes: 64 * 1024 * 1024, max_json_depth: 64 }
+        Limits {
+            max_envelope_bytes: 64 * 1024 * 1024,
+            max_json_depth: 64,
+            max_payload_values: DEFAULT_MAX_PAYLOAD_VALUES,
+        }
     }
 }
 
@@ -532,7 +546,7 @@ mod tests {
 
     #[test]
     fn limits_apply_before_parsing() {
-        let small = Limits { max_envelope_bytes: 16, max_json_depth: 4 };
+        let small = Limits { max_envelope_bytes: 16, max_json_depth: 4, ..Limits::default() };
         let e = decode_bytes(b"{ this is not even json ...", &small).unwrap_err();
         assert_eq!(e.code, ErrorCode::TooLarge);
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
