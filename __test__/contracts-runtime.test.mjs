@@ -303,3 +303,21 @@ test('maxPayloadValues bounds object payloads and infer data arrays; embed texts
   }
   await invalid(Engine.open({ maxPayloadValues: 0 }), 'options.maxPayloadValues')
 })
+
+// Issue 10 item 9: a lone surrogate had three outcomes on three paths.
+test('a lone surrogate becomes U+FFFD on every path (object, JSON text, raw string, bytes, payload_b64)', async () => {
+  const lone = 'a\ud800b\udc00c'
+  const want = 'a\ufffdb\ufffdc'
+  const text = JSON.stringify({ type: 'echo', payload: { s: lone } }) // writes \ud800 escapes
+  assert.ok(text.includes('\\ud800'))
+  const results = await Promise.all([
+    submit({ type: 'echo', payload: { s: lone } }),
+    submit(text),
+    submit(`{"type":"echo","payload":{"s":"${lone}"}}`),
+    submit(new TextEncoder().encode(text)),
+    submit({ type: 'echo', payload_b64: Buffer.from(JSON.stringify({ s: lone })).toString('base64') }),
+  ])
+  for (const [i, r] of results.entries()) assert.equal(r.result.s, want, `path ${i}`)
+  // A valid pair is kept.
+  assert.equal((await submit(JSON.stringify({ type: 'echo', payload: '\ud83d\ude00' }))).result, '\ud83d\ude00')
+})
