@@ -24,7 +24,7 @@
 //                   the exit, so --setsid-pool 32 run at once). The strays'
 //                   pids are recorded; those still alive at the end are killed.
 //   open-close      --cycles 1000: Engine.open({ model }) + one embed +
-//                   close(). Targets: fds, threads back to the start; RSS
+//                   close(). Targets: fds, threads, children back to the start; RSS
 //                   growth < --rss-target-mb after warm-up (a model not
 //                   released on close would add ~90 MB per cycle).
 //
@@ -421,7 +421,7 @@ async function phaseOpenClose() {
     targets: {
       rss_growth_after_warmup: rss,
       no_failures: { failed: res.failed, pass: res.failed === 0 && !aborted },
-      back_to_start: backToStart(before, closed.settled, ['fds', 'threads']),
+      back_to_start: backToStart(before, closed.settled),
     },
   }
 }
