@@ -106,6 +106,12 @@ export interface EngineOptions {
   maxEnvelopeBytes?: number
   /** Deepest JSON nesting accepted (default 64); deeper: `E_TOO_DEEP`. */
   maxJsonDepth?: number
+  /** Most JS values read one by one from one call's arguments: every value,
+   * key and container of an object `payload`, every element of `infer` data
+   * given as plain arrays (default 50000, at most 2^24); over: `E_TOO_LARGE`.
+   * It bounds how long one call blocks the event loop (at most about 100 ms at
+   * the default); strings, bytes and typed arrays are copied whole and do not count. */
+  maxPayloadValues?: number
   /** Most jobs admitted at once before `E_OVERLOADED` (default 65536). */
   maxInFlight?: number
   /** Tokens per forward pass, all texts of a batch together (default 16384). */
@@ -142,6 +148,12 @@ export interface WorkerOptions {
   /** Linux: make this process a child subreaper so helpers a worker forks and
    * abandons are reaped. Process-wide, so off by default. */
   reapOrphans?: boolean
+  /** Persistent mode: delay before restarting a worker that died without
+   * answering a job since its last death, 0..3600000 ms (default 50); it
+   * doubles per such death up to `maxRestartDelayMs`. 0: restart at once. */
+  restartDelayMs?: number
+  /** Persistent mode: ceiling of the restart delay, 0..3600000 ms (default 10000). */
+  maxRestartDelayMs?: number
 }
 
 /** `embed` options: the call options plus the embedding's own. */
