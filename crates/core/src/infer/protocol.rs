@@ -710,7 +710,7 @@ impl InferResponse {
 }
 
 /// A tensor in model metadata; `-1` marks a variable dimension.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TensorMetadata {
     pub name: String,
     pub datatype: String,
@@ -719,7 +719,7 @@ pub struct TensorMetadata {
 
 /// Model metadata (the protocol's `GET v2/models/{name}` body), plus a
 /// `parameters` object with what a client needs to build valid requests.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelMetadata {
     pub name: String,
     pub versions: Vec<String>,
