@@ -97,9 +97,12 @@ pub fn on_embedding() -> Result<()> {
     eprintln!("cuda-worker: {VAR}: injecting {:?} on embedding job {n}", f.kind);
     match f.kind {
         Kind::Segfault => {
-            // SAFETY: raise(2) only sends a signal to this process; SIGSEGV's
-            // default action kills it, as a segfault in a kernel would.
+            // SAFETY: signal(2) restores the default action (Rust's runtime
+            // installs a SIGSEGV handler for stack overflows that would
+            // swallow a raised signal); raise(2) then sends SIGSEGV to this
+            // process, which kills it as a segfault in a kernel would.
             unsafe {
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
                 libc::raise(libc::SIGSEGV);
             }
             std::process::abort()

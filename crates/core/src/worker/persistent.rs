@@ -64,6 +64,8 @@ pub(crate) struct Proc {
     tx: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     pending: Mutex<Pending>,
     kill_reason: Mutex<Option<CoreError>>,
+    /// Set by `kill_for`: the process is being killed.
+    killed: AtomicBool,
     tail: Mutex<Tail>,
     born: Instant,
     /// Nanoseconds after `born` of the last message read from stdout.
@@ -84,11 +86,14 @@ impl Proc {
     }
 
     fn is_dead(&self) -> bool {
-        *self.exited.borrow() || self.pending.lock().unwrap().dead
+        self.killed.load(Ordering::Acquire) || *self.exited.borrow() || self.pending.lock().unwrap().dead
     }
 
     /// Kill the group, recording why (the waiter reports it to every job).
+    /// From now on no job is sent to it: the next one waits for the
+    /// replacement instead of failing with this process.
     fn kill_for(&self, reason: CoreError) {
+        self.killed.store(true, Ordering::Release);
         {
             let mut r = self.kill_reason.lock().unwrap();
             if r.is_none() {
@@ -102,7 +107,7 @@ impl Proc {
     fn register(&self, id: u64) -> Result<oneshot::Receiver<Outcome>> {
         let (tx, rx) = oneshot::channel();
         let mut p = self.pending.lock().unwrap();
-        if p.dead || *self.exited.borrow() {
+        if p.dead || *self.exited.borrow() || self.killed.load(Ordering::Acquire) {
             return Err(err!(WorkerExit, "worker pid {} exited before the job could be sent", self.pid));
         }
         p.map.insert(id, tx);
@@ -204,6 +209,7 @@ impl Slot {
             tx: Mutex::new(Some(tx)),
             pending: Mutex::new(Pending { dead: false, map: HashMap::new() }),
             kill_reason: Mutex::new(None),
+            killed: AtomicBool::new(false),
             tail: Mutex::new(Tail::new(cfg.max_stderr_bytes)),
             born: Instant::now(),
             last_output: AtomicU64::new(0),
