@@ -17,7 +17,7 @@ use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
 use crate::health::{Health, QueueHealth, Status, WorkerStatus};
 use crate::infer::{self, InferRequest, InferResponse, ModelMetadata};
-use crate::isolation::{IsolationHealth, Isolated};
+use crate::isolation::{Isolated, IsolationHealth};
 use crate::jobs::{BackendKind, JobOutput, JobResult, JobType, Target, Timings};
 pub use crate::options::{EngineConfig, Isolation, ModelLoading};
 use crate::worker::{Worker, WorkerConfig, WorkerMode};

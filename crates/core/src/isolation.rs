@@ -169,7 +169,8 @@ impl Isolated {
     pub async fn refresh_health(&self, wait: Duration) {
         let h = self.worker.health();
         let Some(&pid) = h.pids.first() else { return };
-        let reply = self.worker.run_wire(|id| Ok(protocol::encode_health_request(id)), Some(wait), CancellationToken::new());
+        let reply =
+            self.worker.run_wire(|id| Ok(protocol::encode_health_request(id)), Some(wait), CancellationToken::new());
         if let Ok((JobOutput::Json(report), _)) = reply.await {
             *lock(&self.last) = Some(LastHealth { pid, report });
         }

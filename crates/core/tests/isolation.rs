@@ -137,8 +137,10 @@ async fn results_equal_in_process_ones() {
     assert_eq!(iso.submit(env(raw), call(None)).await.unwrap().output, JobOutput::Bytes(vec![0, 1, 2, 255]));
     let infer = json!({ "type": "inference", "payload": {
         "inputs": [{ "name": "text", "datatype": "BYTES", "shape": [2], "data": ["a cat", "a dog"] }] } });
-    let (ia, ib) =
-        (local.submit(env(infer.clone()), call(None)).await.unwrap(), iso.submit(env(infer), call(None)).await.unwrap());
+    let (ia, ib) = (
+        local.submit(env(infer.clone()), call(None)).await.unwrap(),
+        iso.submit(env(infer), call(None)).await.unwrap(),
+    );
     assert_eq!(ia.output, ib.output);
     let unknown = json!({ "type": "resize", "payload": {} });
     assert_eq!(iso.submit(env(unknown), call(None)).await.unwrap_err().code, ErrorCode::UnknownType);
