@@ -169,9 +169,15 @@ impl Isolated {
     pub async fn refresh_health(&self, wait: Duration) {
         let h = self.worker.health();
         let Some(&pid) = h.pids.first() else { return };
-        let reply =
-            self.worker.run_wire(|id| Ok(protocol::encode_health_request(id)), Some(wait), CancellationToken::new());
-        if let Ok((JobOutput::Json(report), _)) = reply.await {
+        // Waiting is bounded here, not by the job timeout: a health query
+        // that is slow to answer must never get a busy process killed.
+        let query = self.worker.run_wire(
+            |id| Ok(protocol::encode_health_request(id)),
+            Some(DEFAULT_JOB_TIMEOUT),
+            CancellationToken::new(),
+        );
+        let reply = tokio::time::timeout(wait, query);
+        if let Ok(Ok((JobOutput::Json(report), _))) = reply.await {
             *lock(&self.last) = Some(LastHealth { pid, report });
         }
     }
