@@ -772,7 +772,7 @@ pub fn vectors_from_f32_bytes(bytes: &[u8], count: usize) -> Result<Vec<Vec<f32>
             Err(err!(WorkerProtocol, "the worker sent {} bytes of vectors for 0 texts", bytes.len()))
         };
     }
-    if bytes.len() % (4 * count) != 0 {
+    if !bytes.len().is_multiple_of(4 * count) {
         return Err(err!(
             WorkerProtocol,
             "the worker sent {} bytes of f32 vectors, not {count} equal rows of whole f32s",
