@@ -470,22 +470,9 @@ impl Engine {
             }
             Route::Isolated => {
                 let iso = self.isolated.as_ref().ok_or_else(|| CoreError::internal("no isolated process"))?;
-                let envelope = Envelope {
-                    id: req.id.clone(),
-                    job_type: "inference".into(),
-                    payload: Payload::Json(req.to_json()),
-                    encoding: Encoding::Json,
-                };
                 let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
                 let untimed = CallOptions { timeout: None, ..call.clone() };
-                match self.guard(iso.run(&envelope, remaining, call.cancel.clone()), &untimed).await?.output {
-                    JobOutput::Json(v) => InferResponse::from_json(&v),
-                    JobOutput::Bytes(b) => Err(err!(
-                        WorkerProtocol,
-                        "the isolated process answered an inference with {} raw bytes, not a JSON response",
-                        b.len()
-                    )),
-                }
+                self.guard(iso.infer(&req, remaining, call.cancel.clone()), &untimed).await
             }
         }
     }

@@ -142,6 +142,16 @@ async fn results_equal_in_process_ones() {
         iso.submit(env(infer), call(None)).await.unwrap(),
     );
     assert_eq!(ia.output, ib.output);
+    // infer(): the response tensors come back as raw bytes, bit-exact.
+    let req = cuda_engine_core::infer::InferRequest::from_json(&json!({
+        "id": "q1",
+        "inputs": [{ "name": "text", "datatype": "BYTES", "shape": [3], "data": ["a cat", "", "a much longer text about dogs"] }],
+        "outputs": [{ "name": "sentence_embedding" }, { "name": "last_hidden_state" }, { "name": "attention_mask" }],
+    }))
+    .unwrap();
+    let (ia, ib) = (local.infer(req.clone(), call(None)).await.unwrap(), iso.infer(req, call(None)).await.unwrap());
+    assert_eq!(ib.outputs.len(), 3);
+    assert_eq!(ia, ib);
     let unknown = json!({ "type": "resize", "payload": {} });
     assert_eq!(iso.submit(env(unknown), call(None)).await.unwrap_err().code, ErrorCode::UnknownType);
     assert_eq!(iso.models().await.unwrap(), local.models().await.unwrap());

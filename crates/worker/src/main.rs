@@ -14,8 +14,9 @@
 //!
 //! It is also the engine's isolated process (`isolation: 'process'`): the
 //! supervisor starts it with `--serve --preload --options JSON` and also
-//! sends the two requests only it writes (`"vectors":"f32"` embeddings,
-//! `{"id":N,"health":true}`; docs/worker-protocol.md).
+//! sends the requests only it writes (`"vectors":"f32"` embeddings,
+//! `"tensors":"binary"` inferences, `{"id":N,"health":true}`;
+//! docs/worker-protocol.md).
 //!
 //! Fault injection (tests only, docs/reliability.md "Fault isolation"):
 //! `CUDA_ENGINE_FAULT_INJECT` is read once, here in `main`, from this
@@ -31,6 +32,8 @@ use cuda_engine_core::engine::{CallOptions, Engine, EnvelopeInput, ModelLoading}
 use cuda_engine_core::envelope::{Payload, RawEnvelope};
 use cuda_engine_core::err;
 use cuda_engine_core::error::Result;
+use cuda_engine_core::infer::InferRequest;
+use cuda_engine_core::isolation;
 use cuda_engine_core::jobs::{JobOutput, JobType, Target};
 use cuda_engine_core::options::EngineOptions;
 use cuda_engine_core::worker::protocol::{self, BinaryFormat, Request, FRAME_HEADER_LEN, FRAME_TAG};
@@ -237,8 +240,19 @@ enum Line {
     Cancel(u64),
     /// `{"id":N,"health":true}`: the engine's health report.
     Health(u64),
-    /// A request; `f32`: an embedding whose vectors go back as raw f32 bytes.
-    Job { id: u64, input: Result<EnvelopeInput>, f32: bool },
+    /// A request, and how its reply is written.
+    Job { id: u64, input: Result<EnvelopeInput>, reply: Reply },
+}
+
+/// How a request's reply is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// The ordinary reply (a JSON line, or a frame for bytes).
+    Plain,
+    /// `"vectors":"f32"`: an embedding's vectors as raw f32 bytes.
+    F32Vectors,
+    /// `"tensors":"binary"`: an inference's tensors as raw bytes.
+    BinaryTensors,
 }
 
 /// A persistent-mode JSON line: a control message or a request, which is an
@@ -254,18 +268,49 @@ fn json_line(line: &[u8]) -> std::result::Result<Line, String> {
     if obj.get("health").and_then(Value::as_bool) == Some(true) {
         return Ok(Line::Health(id));
     }
-    let f32 = match obj.remove(protocol::VECTORS_KEY) {
-        None | Some(Value::Null) => false,
-        Some(Value::String(s)) if s == protocol::VECTORS_F32 => true,
-        Some(other) => {
-            let e = err!(InvalidArg, "`{}` must be \"{}\", got {other}", protocol::VECTORS_KEY, protocol::VECTORS_F32);
-            return Ok(Line::Job { id, input: Err(e), f32: false });
+    let mut reply = Reply::Plain;
+    for (key, value, kind) in [
+        (protocol::VECTORS_KEY, protocol::VECTORS_F32, Reply::F32Vectors),
+        (isolation::TENSORS_KEY, isolation::TENSORS_BINARY, Reply::BinaryTensors),
+    ] {
+        match obj.remove(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == value => reply = kind,
+            Some(other) => {
+                let e = err!(InvalidArg, "`{key}` must be \"{value}\", got {other}");
+                return Ok(Line::Job { id, input: Err(e), reply: Reply::Plain });
+            }
         }
-    };
+    }
     if let Some(job_id) = obj.remove("job_id") {
         obj.insert("id".into(), job_id);
     }
-    Ok(Line::Job { id, input: RawEnvelope::from_value(Value::Object(obj)).map(EnvelopeInput::Raw), f32 })
+    Ok(Line::Job { id, input: RawEnvelope::from_value(Value::Object(obj)).map(EnvelopeInput::Raw), reply })
+}
+
+/// An inference whose reply carries its tensors as raw bytes (the isolated
+/// process's `infer` path).
+async fn run_infer_binary(engine: &Engine, id: u64, input: EnvelopeInput, cancel: CancellationToken) -> Vec<u8> {
+    let run = async {
+        let EnvelopeInput::Raw(raw) = input else {
+            return Err(err!(InvalidArg, "a binary-tensor inference request must be a JSON line"));
+        };
+        if raw.job_type.as_deref().map(JobType::parse) != Some(JobType::Inference) {
+            return Err(err!(InvalidArg, "`tensors: \"binary\"` is only for `inference` jobs"));
+        }
+        let payload = raw.payload.ok_or_else(|| err!(Envelope, "an inference request needs `payload`"))?;
+        let mut req = InferRequest::from_json(&payload)?;
+        if req.id.is_none() {
+            req.id = raw.id;
+        }
+        let call = CallOptions { cancel, target: Target::Local, ..CallOptions::default() };
+        let resp = engine.infer(req, call).await?;
+        isolation::encode_infer_response(id, &resp)
+    };
+    match run.await {
+        Ok(frame) => frame,
+        Err(e) => protocol::encode_response(Some(id), &Err(e), None),
+    }
 }
 
 /// An embedding job whose reply is the vectors as raw f32 bytes (the
@@ -360,7 +405,7 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
         };
         // Reap finished tasks so the set does not grow without bound.
         while tasks.try_join_next().is_some() {}
-        let (id, input, format, f32) = match msg {
+        let (id, input, format, reply) = match msg {
             Msg::Line(l) => match json_line(&l) {
                 Ok(Line::Cancel(id)) => {
                     if let Some(t) = jobs.lock().unwrap().get(&id) {
@@ -379,7 +424,7 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
                     });
                     continue;
                 }
-                Ok(Line::Job { id, input, f32 }) => (id, input, None, f32),
+                Ok(Line::Job { id, input, reply }) => (id, input, None, reply),
                 Err(why) => {
                     // Without a readable id there is nobody to reply to.
                     eprintln!("cuda-worker: ignoring an invalid request: {why}");
@@ -388,7 +433,7 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
             },
             Msg::Frame(fmt, body) => match protocol::parse_frame_request(fmt, &body) {
                 Ok(req) => match req.id {
-                    Some(id) => (id, Ok(to_input(req)), Some(fmt), false),
+                    Some(id) => (id, Ok(to_input(req)), Some(fmt), Reply::Plain),
                     None => {
                         eprintln!("cuda-worker: ignoring a frame without `id` (required with --serve)");
                         continue;
@@ -412,10 +457,10 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
         jobs.lock().unwrap().insert(id, token.clone());
         let (engine, tx, jobs) = (engine.clone(), tx.clone(), jobs.clone());
         tasks.spawn(async move {
-            let reply = if f32 {
-                run_embed_f32(&engine, id, input, token).await
-            } else {
-                protocol::encode_response(Some(id), &run_job(&engine, input, token).await, format)
+            let reply = match reply {
+                Reply::F32Vectors => run_embed_f32(&engine, id, input, token).await,
+                Reply::BinaryTensors => run_infer_binary(&engine, id, input, token).await,
+                Reply::Plain => protocol::encode_response(Some(id), &run_job(&engine, input, token).await, format),
             };
             jobs.lock().unwrap().remove(&id);
             let _ = tx.send(reply);
