@@ -121,6 +121,13 @@ export interface EngineOptions {
   maxEnvelopeBytes?: number
   /** Deepest JSON nesting accepted (default 64); deeper: `E_TOO_DEEP`. */
   maxJsonDepth?: number
+  /** Most JS values read one by one from one call's arguments: every value,
+   * key and container of an object `payload`, every element of `infer` data
+   * given as plain arrays (default 50000, at most 2^24); over: `E_TOO_LARGE`.
+   * It bounds how long one call blocks the event loop on value-by-value reads
+   * (under 100 ms at the default, docs/reliability.md); strings, bytes and typed
+   * arrays are copied whole and do not count. */
+  maxPayloadValues?: number
   /** Most jobs admitted at once before `E_OVERLOADED` (default 65536). */
   maxInFlight?: number
   /** Tokens per forward pass, all texts of a batch together (default 16384). */

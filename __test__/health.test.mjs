@@ -69,3 +69,21 @@ test('after a model loads, health reports it and its compute backend', async () 
     await engine.close()
   }
 })
+
+// Issue 10 item 10: concurrent health() calls share a bounded blocking pool
+// (64 threads) instead of starting one thread each (521 at 20,000 calls).
+test('20,000 concurrent health() calls start at most the bounded pool of threads', async () => {
+  const threads = () => Number(fs.readFileSync('/proc/self/status', 'utf8').match(/^Threads:\s+(\d+)/m)[1])
+  const health = addon.health
+  await health()
+  const before = threads()
+  let peak = before
+  const timer = setInterval(() => { peak = Math.max(peak, threads()) }, 1)
+  const all = await Promise.all(Array.from({ length: 20000 }, () => health()))
+  clearInterval(timer)
+  // Idle blocking threads linger for 10 s, so the count now is the peak too.
+  peak = Math.max(peak, threads())
+  assert.equal(all.length, 20000)
+  assert.ok(all.every((h) => h.status === all[0].status), 'every call answered the same status')
+  assert.ok(peak - before <= 64 + 4, `threads ${before} -> peak ${peak}`)
+})

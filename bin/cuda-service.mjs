@@ -24,7 +24,7 @@ import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
 
 const require = createRequire(import.meta.url)
-const { Engine, errorCodes } = require('../index.js')
+const { Engine, errorCodes } = require('../loader.cjs')
 
 const MiB = 1024 * 1024
 

@@ -153,6 +153,8 @@ corpus["cbor_msgpack"] += [
     b"\x01" + bytes.fromhex("ca7fc00000"),  # f32 NaN
     b"\x01" + bytes.fromhex("81a161c403010203"),  # map with bin value
     b"\x01" + bytes.fromhex("d0ff"),  # int8 -1
+    b"\x01" + b"\x91" * 500 + b"\xc0",  # 500 deep: within rmp-serde's limit, over ciborium's (found by the fuzzer)
+    b"\x00" + b"\x81" * 300 + b"\xf6",  # 300 deep CBOR: over the recursion limit
 ]
 
 # worker_protocol: limit byte + streams of responses and requests (docs/worker-protocol.md).

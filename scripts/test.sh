@@ -28,6 +28,7 @@ npx napi build --platform --release
 cargo build --release --workspace --bins
 
 cargo test --release --workspace
+[ "${CUDA_ENGINE_SKIP_FUZZ:-0}" = 1 ] || bash scripts/fuzz.sh 6 # fuzz smoke: every fuzz/ target 6 s on its committed corpus (docs/reliability.md "Fuzzing")
 if [ -f scripts/test-go.sh ]; then
   CI_REQUIRE_WORKER=1 bash scripts/test-go.sh
 fi

@@ -146,12 +146,13 @@ impl JsVal {
     }
 
     pub fn string(&self) -> Result<String> {
-        let mut len = 0usize;
-        // SAFETY: a null buffer asks for the UTF-8 length only.
-        self.status(
-            unsafe { sys::napi_get_value_string_utf8(self.env, self.raw, ptr::null_mut(), 0, &mut len) },
-            "a string",
-        )?;
+        let len = self.string_len()?;
+        self.string_of_len(len)
+    }
+
+    /// The string, when its UTF-8 length `len` is known (from
+    /// [`JsVal::string_len`], checked against a limit): one pass less.
+    pub fn string_of_len(&self, len: usize) -> Result<String> {
         let mut buf = vec![0u8; len + 1];
         let mut written = 0usize;
         // SAFETY: buf has room for len bytes + NUL.
@@ -166,7 +167,8 @@ impl JsVal {
         String::from_utf8(buf).map_err(|_| CoreError::internal("N-API returned invalid UTF-8"))
     }
 
-    fn string_len(&self) -> Result<usize> {
+    /// UTF-8 length in bytes (a pass over the string).
+    pub fn string_len(&self) -> Result<usize> {
         let mut len = 0usize;
         // SAFETY: length query only.
         self.status(
@@ -345,6 +347,10 @@ pub struct JsonWalker {
     /// Options, not payloads: a function, Symbol or BigInt is an error
     /// instead of being dropped the way JSON.stringify drops it.
     strict: bool,
+    /// Values (and keys) still allowed to be read one by one: bounds the
+    /// event-loop block (`maxPayloadValues`).
+    values_left: usize,
+    max_values: usize,
 }
 
 impl JsonWalker {
@@ -354,12 +360,45 @@ impl JsonWalker {
             budget: limits.max_envelope_bytes,
             max_bytes: limits.max_envelope_bytes,
             strict: false,
+            values_left: limits.max_payload_values,
+            max_values: limits.max_payload_values,
         }
     }
 
-    /// For option objects: small limits (depth 8, 1 MiB) and strict types.
+    /// For option objects: small limits (depth 8, 1 MiB, 10,000 values)
+    /// and strict types.
     pub fn for_options() -> JsonWalker {
-        JsonWalker { max_depth: 8, budget: 1 << 20, max_bytes: 1 << 20, strict: true }
+        JsonWalker {
+            max_depth: 8,
+            budget: 1 << 20,
+            max_bytes: 1 << 20,
+            strict: true,
+            values_left: 10_000,
+            max_values: 10_000,
+        }
+    }
+
+    /// Take `n` values from the budget; `E_TOO_LARGE` naming `path` when it
+    /// is spent. Called before anything is read or allocated for them.
+    pub fn count_values(&mut self, n: usize, path: &str) -> Result<()> {
+        self.check_values(n, path)?;
+        self.values_left -= n;
+        Ok(())
+    }
+
+    /// Whether `n` more values fit, without taking them (an array's length
+    /// is checked before its elements are read, each counted as visited).
+    fn check_values(&self, n: usize, path: &str) -> Result<()> {
+        if n > self.values_left {
+            return Err(err!(
+                TooLarge,
+                "`{path}`: the arguments hold more than {} values read one by one \
+                 (EngineOptions.maxPayloadValues, which bounds how long a call blocks the event loop); \
+                 send large data as a JSON string, bytes, or a typed array",
+                self.max_values
+            ));
+        }
+        Ok(())
     }
 
     fn spend(&mut self, n: usize, path: &str) -> Result<()> {
@@ -414,6 +453,7 @@ impl JsonWalker {
 
     /// A scalar's value, or an array/object opened for reading.
     fn visit(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Visited> {
+        self.count_values(1, path)?;
         let t = v.type_of()?;
         Ok(Visited::Value(Some(match t {
             sys::ValueType::napi_undefined => return Ok(Visited::Value(None)),
@@ -442,8 +482,9 @@ impl JsonWalker {
                 }
             }
             sys::ValueType::napi_string => {
-                self.spend(v.string_len()? + 2, path)?;
-                Value::String(v.string()?)
+                let len = v.string_len()?;
+                self.spend(len + 2, path)?;
+                Value::String(v.string_of_len(len)?)
             }
             sys::ValueType::napi_bigint => {
                 return Err(err!(InvalidArg, "`{path}` is a BigInt, which JSON cannot carry; send a string or number"))
@@ -459,6 +500,7 @@ impl JsonWalker {
                 let base = path.len();
                 if v.is_array() {
                     let n = v.array_len()?;
+                    self.check_values(n as usize, path)?;
                     self.spend(2 + n as usize, path)?;
                     let items = Vec::with_capacity((n as usize).min(4096));
                     return Ok(Visited::Open(Open { v, base, n, i: 0, kind: OpenKind::Array(items) }));
@@ -472,6 +514,7 @@ impl JsonWalker {
                 }
                 let keys = v.own_keys()?;
                 let n = keys.array_len()?;
+                self.count_values(n as usize, path)?;
                 self.spend(2, path)?;
                 let kind = OpenKind::Object { keys, map: Map::new(), key: String::new() };
                 return Ok(Visited::Open(Open { v, base, n, i: 0, kind }));
@@ -576,7 +619,7 @@ pub fn envelope_input(v: JsVal, limits: &Limits) -> Result<EnvelopeInput> {
                     limits.max_envelope_bytes
                 ));
             }
-            Ok(EnvelopeInput::Bytes(v.string()?.into_bytes()))
+            Ok(EnvelopeInput::Bytes(v.string_of_len(len)?.into_bytes()))
         }
         sys::ValueType::napi_object if !v.is_array() => {
             if let Some(bytes) = v.typed_bytes()? {
@@ -610,7 +653,7 @@ pub fn envelope_input(v: JsVal, limits: &Limits) -> Result<EnvelopeInput> {
                             limits.max_envelope_bytes
                         ));
                     }
-                    raw.payload_b64 = Some(b64.string()?);
+                    raw.payload_b64 = Some(b64.string_of_len(len)?);
                 }
                 _ => return Err(err!(Envelope, "`payload_b64` must be a base64 string, got {}", b64.kind_name())),
             }

@@ -16,10 +16,25 @@ pub struct EmbedInput {
 }
 
 /// Read `embed`'s first argument. The length is checked against
-/// `max_texts` before anything is allocated (`E_TOO_LARGE`).
-pub fn embed_input(v: JsVal, max_texts: usize) -> Result<EmbedInput> {
+/// `max_texts` before anything is allocated, and the texts' UTF-8 bytes
+/// together against `max_bytes` (`maxEnvelopeBytes`) before each is copied
+/// (`E_TOO_LARGE`): that bounds the copy on the JS thread.
+pub fn embed_input(v: JsVal, max_texts: usize, max_bytes: usize) -> Result<EmbedInput> {
+    let mut left = max_bytes;
+    let mut take = |s: JsVal, what: &dyn Fn() -> String| -> Result<String> {
+        let n = s.string_len()?;
+        if n > left {
+            return Err(err!(
+                TooLarge,
+                "{}: the texts of one call are over {max_bytes} bytes of UTF-8 (EngineOptions.maxEnvelopeBytes)",
+                what()
+            ));
+        }
+        left -= n;
+        s.string_of_len(n)
+    };
     match v.type_of()? {
-        sys::ValueType::napi_string => Ok(EmbedInput { texts: vec![v.string()?], single: true }),
+        sys::ValueType::napi_string => Ok(EmbedInput { texts: vec![take(v, &|| "text".to_string())?], single: true }),
         sys::ValueType::napi_object if v.is_array() => {
             let n = v.array_len()? as usize;
             if n > max_texts {
@@ -31,7 +46,7 @@ pub fn embed_input(v: JsVal, max_texts: usize) -> Result<EmbedInput> {
                 if item.type_of()? != sys::ValueType::napi_string {
                     return Err(err!(InvalidArg, "texts[{i}] must be a string, got {}", item.kind_name()));
                 }
-                texts.push(item.string()?);
+                texts.push(take(item, &|| format!("texts[{i}]"))?);
             }
             Ok(EmbedInput { texts, single: false })
         }

@@ -81,7 +81,14 @@ fn typed_array_for(dt: DataType) -> &'static str {
 }
 
 /// Walk a plain (possibly nested) array into `out`, row-major.
-fn walk_data(v: JsVal, out: &mut ElemBuilder, dt: DataType, what: &str, depth: usize) -> Result<()> {
+fn walk_data(
+    v: JsVal,
+    out: &mut ElemBuilder,
+    dt: DataType,
+    what: &str,
+    depth: usize,
+    walker: &mut JsonWalker,
+) -> Result<()> {
     if depth > MAX_DATA_DEPTH {
         return Err(err!(InvalidArg, "{what}: `data` is nested deeper than {MAX_DATA_DEPTH} levels"));
     }
@@ -89,6 +96,9 @@ fn walk_data(v: JsVal, out: &mut ElemBuilder, dt: DataType, what: &str, depth: u
     if out.len() as u64 + n as u64 > MAX_ARRAY_ELEMENTS as u64 {
         return Err(err!(TooLarge, "{what}: `data` has more than {MAX_ARRAY_ELEMENTS} elements (send a typed array)"));
     }
+    // Every element is read through N-API on the JS thread: they count
+    // against `maxPayloadValues` (a typed array is one copy and does not).
+    walker.count_values(n as usize, &format!("{what}: data"))?;
     for i in 0..n {
         let x = v.element(i)?;
         let idx = out.len();
@@ -105,7 +115,7 @@ fn walk_data(v: JsVal, out: &mut ElemBuilder, dt: DataType, what: &str, depth: u
             sys::ValueType::napi_boolean => Elem::Bool(x.boolean()?),
             sys::ValueType::napi_string => Elem::Bytes(x.string()?.into_bytes()),
             sys::ValueType::napi_object if x.is_array() => {
-                walk_data(x, out, dt, what, depth + 1)?;
+                walk_data(x, out, dt, what, depth + 1, walker)?;
                 continue;
             }
             sys::ValueType::napi_object => match x.typed_view()? {
@@ -131,7 +141,7 @@ fn walk_data(v: JsVal, out: &mut ElemBuilder, dt: DataType, what: &str, depth: u
     Ok(())
 }
 
-fn read_data(v: JsVal, dt: DataType, what: &str) -> Result<TensorData> {
+fn read_data(v: JsVal, dt: DataType, what: &str, walker: &mut JsonWalker) -> Result<TensorData> {
     if let Some(t) = v.typed_view()? {
         return view_tensor(&t, dt, what);
     }
@@ -151,7 +161,7 @@ fn read_data(v: JsVal, dt: DataType, what: &str) -> Result<TensorData> {
         ));
     }
     let mut b = ElemBuilder::new(dt, (n as usize).min(1 << 16));
-    walk_data(v, &mut b, dt, what, 0)?;
+    walk_data(v, &mut b, dt, what, 0, walker)?;
     Ok(b.finish())
 }
 
@@ -223,7 +233,7 @@ fn read_tensor(v: JsVal, field: &str, walker: &mut JsonWalker) -> Result<InferTe
     if data_v.is_nullish()? {
         return Err(err!(InvalidArg, "{what}: `data` is missing"));
     }
-    let data = read_data(data_v, dt, &what)?;
+    let data = read_data(data_v, dt, &what, walker)?;
     let parameters = params(v, &format!("{field}."), walker)?;
     Ok(InferTensor { name, shape, data, parameters })
 }

@@ -23,12 +23,28 @@ use crate::convert::{call_options, envelope_input, job_result_to_js, json_to_js,
 use crate::error::to_napi;
 use crate::task::spawn_job;
 
+/// Threads the runtime may start for blocking work (engine open, large
+/// envelope decoding, tokenizing, health probes) at once; more such tasks
+/// queue. tokio's default of 512 let 20,000 concurrent `health()` calls
+/// start 512 threads.
+const MAX_BLOCKING_THREADS: usize = 64;
+
 /// When this `.node` is loaded: record its directory, where the npm platform
-/// package ships `cuda-worker` (discovery's bundled step, docs/discovery.md).
+/// package ships `cuda-worker` (discovery's bundled step, docs/discovery.md),
+/// and give napi a runtime with a bounded blocking pool.
 #[napi_derive::module_init]
-fn record_bundled_worker_dir() {
-    if let Some(dir) = discovery::dir_of_loaded_object(record_bundled_worker_dir as *const () as usize) {
+fn init_module() {
+    if let Some(dir) = discovery::dir_of_loaded_object(init_module as *const () as usize) {
         discovery::set_bundled_dir(dir);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("cuda-engine-rt")
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build();
+    // On failure napi builds its default runtime when first needed.
+    if let Ok(rt) = rt {
+        napi::bindgen_prelude::create_custom_tokio_runtime(rt);
     }
 }
 
@@ -111,7 +127,11 @@ fn embed_impl<'e>(
 ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
     let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)), options::EMBED_OPTIONS);
-    let request = embed::embed_input(JsVal::new(raw_env, input.value().value), engine.max_texts_per_call());
+    let request = embed::embed_input(
+        JsVal::new(raw_env, input.value().value),
+        engine.max_texts_per_call(),
+        engine.limits().max_envelope_bytes,
+    );
     let opts = parsed.as_ref().map(embed::embed_options).unwrap_or_default();
     let single = request.as_ref().is_ok_and(|i| i.single);
     spawn_job(

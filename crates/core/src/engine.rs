@@ -667,7 +667,9 @@ impl Engine {
         // The model's memory (weights, GPU workspaces) goes once no call
         // holds the embedder any more.
         let _serialized = self.loading.lock().await;
-        lock(&self.embedder).take();
+        let model = lock(&self.embedder).take();
+        drop(model);
+        release_freed_memory();
     }
 
     /// The first step of `close`, synchronous: from now on every call is
@@ -699,6 +701,19 @@ impl Engine {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Give freed heap memory back to the OS. The weights (~90 MB fp32 for
+/// MiniLM) are many large blocks; glibc keeps freed blocks in its arenas
+/// (its mmap threshold rises after the first large free), so without this a
+/// closed engine's memory stayed resident: 5 engines opened together then
+/// closed left 250 MB. `malloc_trim` returns the free pages of every arena.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

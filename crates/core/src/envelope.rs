@@ -12,11 +12,25 @@ pub struct Limits {
     pub max_envelope_bytes: usize,
     /// Deepest JSON nesting accepted (arrays + objects).
     pub max_json_depth: usize,
+    /// Most JS values one call's arguments may hold when they are read on
+    /// the JS thread value by value (object payloads: every value, key and
+    /// container; `infer` data given as plain arrays: every element). It
+    /// bounds how long one call blocks the event loop (~0.5 µs a value:
+    /// the default measured 14–73 ms by value kind, docs/reliability.md). Strings, bytes and typed arrays are
+    /// copied whole and do not count.
+    pub max_payload_values: usize,
 }
+
+/// Default of [`Limits::max_payload_values`] (`maxPayloadValues`).
+pub const DEFAULT_MAX_PAYLOAD_VALUES: usize = 50_000;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_envelope_bytes: 64 * 1024 * 1024, max_json_depth: 64 }
+        Limits {
+            max_envelope_bytes: 64 * 1024 * 1024,
+            max_json_depth: 64,
+            max_payload_values: DEFAULT_MAX_PAYLOAD_VALUES,
+        }
     }
 }
 
@@ -202,6 +216,53 @@ pub fn decode_bytes(bytes: &[u8], limits: &Limits) -> Result<Envelope> {
 
 /// Parse JSON text with the depth limit enforced before parsing (serde_json
 /// recursion would otherwise decide, with its own fixed limit).
+/// `\uD800`–`\uDFFF` escapes that do not form a surrogate pair rewritten
+/// as `\uFFFD` (same length), so JSON text treats a lone surrogate the way
+/// the JS-object and JS-string paths do (N-API turns it into U+FFFD) instead
+/// of failing: `JSON.stringify` writes lone surrogates as such escapes.
+/// Borrowed when there are none (one linear scan).
+pub fn replace_lone_surrogate_escapes(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    fn hex4(b: &[u8]) -> Option<u16> {
+        let s = std::str::from_utf8(b.get(..4)?).ok()?;
+        u16::from_str_radix(s, 16).ok()
+    }
+    let surrogate_at = |i: usize| -> Option<u16> {
+        // `\u` at i, four hex digits after.
+        (bytes.get(i) == Some(&b'\\') && bytes.get(i + 1) == Some(&b'u'))
+            .then(|| hex4(&bytes[i + 2..]))
+            .flatten()
+            .filter(|u| (0xD800..=0xDFFF).contains(u))
+    };
+    let mut out: Option<Vec<u8>> = None;
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => in_string = !in_string,
+            b'\\' if in_string => {
+                if let Some(u) = surrogate_at(i) {
+                    let paired = (0xD800..=0xDBFF).contains(&u)
+                        && surrogate_at(i + 6).is_some_and(|lo| (0xDC00..=0xDFFF).contains(&lo));
+                    if paired {
+                        i += 12;
+                        continue;
+                    }
+                    out.get_or_insert_with(|| bytes.to_vec())[i + 2..i + 6].copy_from_slice(b"FFFD");
+                    i += 6;
+                    continue;
+                }
+                i += 2; // any other escape: skip the escaped character
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    match out {
+        Some(v) => std::borrow::Cow::Owned(v),
+        None => std::borrow::Cow::Borrowed(bytes),
+    }
+}
+
 pub fn parse_json(bytes: &[u8], limits: &Limits, field: &str) -> Result<Value> {
     if let Some(offset) = depth_exceeded_at(bytes, limits.max_json_depth) {
         return Err(err!(
@@ -210,7 +271,8 @@ pub fn parse_json(bytes: &[u8], limits: &Limits, field: &str) -> Result<Value> {
             limits.max_json_depth
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
+    let text = replace_lone_surrogate_escapes(bytes);
+    serde_json::from_slice(&text).map_err(|e| {
         err!(
             BadJson,
             "`{field}` is not valid JSON: {} at line {} column {}",
@@ -455,6 +517,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    #[test]
+    fn lone_surrogate_escapes_become_replacement_characters() {
+        let fix = |s: &str| String::from_utf8(replace_lone_surrogate_escapes(s.as_bytes()).into_owned()).unwrap();
+        assert_eq!(fix(r#"{"a":"\ud800"}"#), r#"{"a":"\uFFFD"}"#);
+        assert_eq!(
+            fix(r#"["\udc00x","\ud83d\ude00","\\ud800",  "\ud800\ud800"]"#),
+            r#"["\uFFFDx","\ud83d\ude00","\\ud800",  "\uFFFD\uFFFD"]"#
+        );
+        // Outside strings nothing is touched (it is not valid JSON anyway).
+        assert_eq!(fix(r#"\ud800"#), r#"\ud800"#);
+        assert!(matches!(replace_lone_surrogate_escapes(br#"{"a":"\u00e9"}"#), std::borrow::Cow::Borrowed(_)));
+        let v = parse_json(br#"{"a":"x\ud800y"}"#, &Limits::default(), "t").unwrap();
+        assert_eq!(v["a"], "x\u{FFFD}y");
+    }
+
     fn limits() -> Limits {
         Limits::default()
     }
@@ -532,7 +609,7 @@ mod tests {
 
     #[test]
     fn limits_apply_before_parsing() {
-        let small = Limits { max_envelope_bytes: 16, max_json_depth: 4 };
+        let small = Limits { max_envelope_bytes: 16, max_json_depth: 4, ..Limits::default() };
         let e = decode_bytes(b"{ this is not even json ...", &small).unwrap_err();
         assert_eq!(e.code, ErrorCode::TooLarge);
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));

@@ -58,6 +58,10 @@ pub struct EngineOptions {
     pub max_envelope_bytes: Option<u64>,
     /// Deepest JSON nesting accepted (default 64, at most [`MAX_JSON_DEPTH`]).
     pub max_json_depth: Option<u64>,
+    /// Most JS values read one by one from a call's arguments (object
+    /// payloads, `infer` data as plain arrays), default 50,000; over:
+    /// `E_TOO_LARGE`. Bounds the event-loop block of one call (~100 ms).
+    pub max_payload_values: Option<u64>,
     /// Calls admitted at once before `E_OVERLOADED` (default 65,536).
     pub max_in_flight: Option<u64>,
     /// Tokens per forward pass, all texts together (default 16,384).
@@ -231,6 +235,9 @@ impl EngineOptions {
         }
         if let Some(n) = int(self.max_json_depth, "maxJsonDepth", 1, MAX_JSON_DEPTH)? {
             limits.max_json_depth = n;
+        }
+        if let Some(n) = int(self.max_payload_values, "maxPayloadValues", 1, 1 << 24)? {
+            limits.max_payload_values = n;
         }
         let device = parse_device(self.device.as_ref())?;
         let batch = BatcherLimits::default();
@@ -532,7 +539,7 @@ mod tests {
     fn every_documented_option_is_applied() {
         let c = EngineOptions::from_json(&json!({
             "model": "/m", "device": "cpu", "dtype": "bf16", "threads": 3, "baseDir": "/b",
-            "maxEnvelopeBytes": 1000, "maxJsonDepth": 7, "maxInFlight": 9, "maxBatchTokens": 512,
+            "maxEnvelopeBytes": 1000, "maxJsonDepth": 7, "maxPayloadValues": 11, "maxInFlight": 9, "maxBatchTokens": 512,
             "maxBatchSize": 8, "maxQueuedTexts": 99, "maxTextsPerCall": 5,
             "worker": { "path": "w", "mode": "persistent", "args": ["-x"], "timeoutMs": 1500, "maxOutputBytes": 1000,
                         "maxStderrBytes": 10, "poolSize": 3, "binaryFormat": "msgpack", "reapOrphans": true,
@@ -541,6 +548,7 @@ mod tests {
         .and_then(EngineOptions::into_config)
         .unwrap();
         assert_eq!((c.limits.max_envelope_bytes, c.limits.max_json_depth, c.max_in_flight), (1000, 7, 9));
+        assert_eq!(c.limits.max_payload_values, 11);
         assert_eq!(c.device, DevicePreference::Cpu);
         assert_eq!(c.base_dir, PathBuf::from("/b"));
         let e = &c.embedder;
@@ -566,7 +574,7 @@ mod tests {
     fn field_names_come_from_the_schema() {
         let names = EngineOptions::field_names();
         assert!(names.contains(&"maxEnvelopeBytes".to_string()) && names.contains(&"baseDir".to_string()));
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 15);
         assert_eq!(WorkerOptions::field_names().len(), 12);
         // Every listed name deserializes (no drift between the list and serde).
         for n in names {

@@ -1,0 +1,65 @@
+// How long one call holds the event loop (issue 10 item 10): the
+// synchronous part of `submit` / `embed` / `infer`, which reads the
+// arguments on the JS thread, for the largest inputs each default limit
+// admits. Target: ≤ 100 ms for every input within the defaults.
+//
+//   node --max-old-space-size=8000 bench/event_loop.mjs [rounds]
+//
+// The worst of `rounds` (default 3) per input is printed as JSON lines, then
+// a summary. Runs on the CPU backend with the repo's test model.
+import { createRequire } from 'node:module'
+import path from 'node:path'
+
+const require = createRequire(import.meta.url)
+const root = path.resolve(import.meta.dirname, '..')
+const m = require(process.env.CUDA_ENGINE_ADDON || path.join(root, 'index.js'))
+process.env.CUDA_ENGINE_MODEL ||= path.join(root, 'models/all-MiniLM-L6-v2')
+const rounds = Number(process.argv[2] || 3)
+
+const names = m.optionNames()
+if (!names.engine.includes('maxPayloadValues')) throw new Error('this build has no maxPayloadValues')
+const V = 50_000 // default maxPayloadValues
+const B = 64 * 1024 * 1024 // default maxEnvelopeBytes
+
+// [name, make the input (not timed), call with it (timed up to the return)]
+const cases = [
+  // Value-by-value reads, each at (just under) the values limit.
+  ['submit: payload of V numbers', () => ({ type: 'echo', payload: new Array(V - 2).fill(1.5) }), (x) => m.submit(x)],
+  ['submit: payload of V holes', () => ({ type: 'echo', payload: new Array(V - 2) }), (x) => m.submit(x)],
+  ['submit: V/3 objects {a:i}', () => ({ type: 'echo', payload: Array.from({ length: Math.floor(V / 3) - 1 }, (_, i) => ({ a: i })) }), (x) => m.submit(x)],
+  ['submit: V/2 getter properties', () => {
+    const o = {}
+    for (let i = 0; i < V / 2 - 2; i++) Object.defineProperty(o, 'k' + i, { get: () => i, enumerable: true })
+    return { type: 'echo', payload: o }
+  }, (x) => m.submit(x)],
+  ['submit: V strings of 300 chars', () => ({ type: 'echo', payload: Array.from({ length: V - 2 }, (_, i) => 'y'.repeat(300) + i) }), (x) => m.submit(x)],
+  ['infer: data as a plain array of V', () => ({ inputs: [{ name: 'input_ids', shape: [1, V - 10], datatype: 'INT64', data: new Array(V - 10).fill(101) }] }), (x) => m.infer(x)],
+  // Refused inputs: the check comes before the walk.
+  ['submit: new Array(6e7) (refused)', () => ({ type: 'echo', payload: new Array(6e7) }), (x) => m.submit(x)],
+  ['embed: new Array(2**32-1) (refused)', () => new Array(2 ** 32 - 1), (x) => m.embed(x)],
+  // Whole copies, at the byte limit.
+  ['submit: string envelope of 64 MiB', () => JSON.stringify({ type: 'echo', payload: 'y'.repeat(B - 40) }), (x) => m.submit(x)],
+  ['submit: payload_b64 of 64 MiB', () => ({ type: 'echo', payload_b64: Buffer.alloc(Math.floor(B / 4) * 3 - 3, 7).toString('base64') }), (x) => m.submit(x)],
+  ['submit: bytes of 64 MiB', () => ({ type: 'echo', payload: Buffer.alloc(B - 1, 7) }), (x) => m.submit(x)],
+  ['embed: 16,384 texts of 4 KiB', () => Array.from({ length: 16384 }, (_, i) => 'word '.repeat(800) + i), (x) => m.embed(x, { timeoutMs: 1 })],
+]
+
+const rows = []
+for (const [name, make, call] of cases) {
+  let worst = 0
+  let outcome = 'ok'
+  const input = make()
+  for (let r = 0; r < rounds; r++) {
+    const t = performance.now()
+    const p = call(input)
+    worst = Math.max(worst, performance.now() - t)
+    await p.then(() => {}, (e) => { outcome = e.code })
+    // Let the heap settle between inputs so one case's GC is not billed to the next.
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  const row = { input: name, worst_block_ms: +worst.toFixed(1), outcome }
+  rows.push(row)
+  console.log(JSON.stringify(row))
+}
+const worst = rows.reduce((a, b) => (b.worst_block_ms > a.worst_block_ms ? b : a))
+console.log(JSON.stringify({ summary: 'worst event-loop block within the defaults', ...worst, target_ms: 100, met: worst.worst_block_ms <= 100 }))
