@@ -69,6 +69,21 @@ export interface Health {
   /** The loaded model's compute backend: device, dtype, device memory held (bytes), passes, fault. */
   compute: { backend: 'cuda' | 'cpu'; device: number | null; dtype: string; memory_bytes: number; fault: string | null; [k: string]: unknown } | null
   queue: { depth: number; in_flight: number }
+  /** Where the model runs (`EngineOptions.isolation`). With `'process'`: the
+   * isolated cuda-worker's pid (null while none is up), how often it was
+   * restarted, the calls waiting for it, and its own `health()` report
+   * (`isolation.mode` `'in-process'` there; null until it answered). The
+   * top-level `backend`, `model` and `queue.depth` are then the isolated
+   * process's; `compute` is under `isolation.health`. */
+  isolation: {
+    mode: 'in-process' | 'process'
+    path: string | null
+    running: boolean
+    pid: number | null
+    restarts: number
+    in_flight: number
+    health: Health | null
+  }
   /** Reasons for `degraded` / `error`, and notes such as why CUDA is unavailable. */
   errors: string[]
 }
@@ -123,6 +138,15 @@ export interface EngineOptions {
   maxQueuedTexts?: number
   /** Texts in one `embed` call (default 16384); more: `E_TOO_LARGE`. */
   maxTextsPerCall?: number
+  /** Where the model runs. `in-process` (default): here. `process`: in a
+   * supervised `cuda-worker --serve` started with these options (minus
+   * `isolation` and `worker`); `embed`, `infer` and the `echo` /
+   * `embedding` / `inference` jobs of `submit` go to it. A segfault, abort,
+   * sticky CUDA error (`E_CUDA_FAULT`) or hang there fails the calls in
+   * flight (`E_WORKER_EXIT`, `E_CUDA_FAULT`, `E_WORKER_TIMEOUT`) and costs a
+   * restart of that process; the next call works (docs/reliability.md
+   * "Fault isolation"). */
+  isolation?: 'in-process' | 'process'
 }
 
 /** `EngineOptions.worker` as an object. Errors name `worker.<key>`. */

@@ -148,6 +148,8 @@ fn health_impl<'e>(env: &'e Env, engine: EngineRef) -> Result<PromiseRaw<'e, Unk
         Ok(ParsedCall::default()),
         move |_| async move {
             let engine = engine.get().await?;
+            // `isolation: 'process'`: the isolated process's own report.
+            engine.refresh_health().await;
             tokio::task::spawn_blocking(move || engine.health().to_json())
                 .await
                 .map_err(|e| CoreError::internal(format!("health check failed: {e}")))

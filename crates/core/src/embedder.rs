@@ -80,7 +80,7 @@ impl Default for EmbedOptions {
 }
 
 /// What health and job results report about the model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ModelInfo {
     /// The model directory's name (e.g. `all-MiniLM-L6-v2`; for an HF cache
     /// snapshot, the repo name).

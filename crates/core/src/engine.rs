@@ -17,8 +17,9 @@ use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
 use crate::health::{Health, QueueHealth, Status, WorkerStatus};
 use crate::infer::{self, InferRequest, InferResponse, ModelMetadata};
+use crate::isolation::{Isolated, IsolationHealth};
 use crate::jobs::{BackendKind, JobOutput, JobResult, JobType, Target, Timings};
-pub use crate::options::{EngineConfig, ModelLoading};
+pub use crate::options::{EngineConfig, Isolation, ModelLoading};
 use crate::worker::{Worker, WorkerConfig, WorkerMode};
 
 /// Envelopes bigger than this are decoded on a blocking thread so a 64 MiB
@@ -92,12 +93,17 @@ pub struct Engine {
     /// The external worker: created at open when `options.worker` is set,
     /// or on the first `target: 'worker'` call through discovery.
     worker: tokio::sync::OnceCell<Arc<Worker>>,
+    /// `isolation: 'process'`: the supervised process the model runs in
+    /// (then `embedder` stays None: nothing is loaded here).
+    isolated: Option<Isolated>,
 }
 
 /// Where a decoded job runs.
 enum Route {
     Local,
     Worker(Arc<Worker>),
+    /// The isolated process (`isolation: 'process'`).
+    Isolated,
 }
 
 /// Holds one admission slot; released on drop (also when a call is
@@ -140,8 +146,12 @@ impl Engine {
         if let Some(cfg) = &config.worker {
             let _ = worker.set(Arc::new(Worker::new(cfg.clone())?));
         }
+        let isolated = match config.isolation.mode {
+            Isolation::Process => Some(Isolated::new(&config.isolation, &config.base_dir)?),
+            Isolation::InProcess => None,
+        };
         let named = config.embedder.model_dir.is_some() || crate::model::model_named_by_env();
-        let load_now = named && config.model_loading == ModelLoading::WhenNamed;
+        let load_now = named && config.model_loading == ModelLoading::WhenNamed && isolated.is_none();
         let engine = Engine {
             config,
             admitted: AtomicUsize::new(0),
@@ -152,6 +162,7 @@ impl Engine {
             loading: tokio::sync::Mutex::new(()),
             model_error: Mutex::new(None),
             worker,
+            isolated,
         };
         if load_now {
             let embedder = Embedder::open(engine.config.embedder.clone())?;
@@ -171,6 +182,9 @@ impl Engine {
         }
         if self.is_closed() {
             return Err(err!(Closed, "this Engine is closed; open a new one"));
+        }
+        if self.isolated.is_some() {
+            return Err(CoreError::internal("isolation: 'process' loads the model in the isolated process, not here"));
         }
         let opts = self.config.embedder.clone();
         let loaded = tokio::task::spawn_blocking(move || Embedder::open(opts))
@@ -201,7 +215,19 @@ impl Engine {
             return Err(CoreError::cancelled());
         }
         let cancel = call.cancel.clone();
+        if let Some(iso) = &self.isolated {
+            // The isolated process's supervisor enforces the timeout (and
+            // kills a process that went silent); the guard keeps the
+            // AbortSignal and close's cancellation.
+            let untimed = CallOptions { timeout: None, ..call.clone() };
+            return self.guard(iso.embed(texts, opts, call.timeout, cancel), &untimed).await;
+        }
         self.guard(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call).await
+    }
+
+    /// How this engine runs its model: `in-process` or `process`.
+    pub fn isolation(&self) -> Isolation {
+        self.config.isolation.mode
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -263,6 +289,12 @@ impl Engine {
                 let untimed = CallOptions { timeout: None, ..call.clone() };
                 self.guard(worker.run(&envelope, remaining, call.cancel.clone()), &untimed).await?
             }
+            Route::Isolated => {
+                let iso = self.isolated.as_ref().ok_or_else(|| CoreError::internal("no isolated process"))?;
+                let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
+                let untimed = CallOptions { timeout: None, ..call.clone() };
+                self.guard(iso.run(&envelope, remaining, call.cancel.clone()), &untimed).await?
+            }
         };
         // Waiting before the engine picked the call up counts as queueing
         // (runtime scheduling, admission), plus any wait inside the job
@@ -287,6 +319,15 @@ impl Engine {
     async fn route(&self, job: &JobType, payload: &Payload, target: Target) -> Result<Route> {
         if target == Target::Worker {
             return Ok(Route::Worker(self.worker_for_explicit_target().await?));
+        }
+        // Isolated: what would run here runs in the isolated process.
+        if self.isolated.is_some() {
+            match (job, payload) {
+                (JobType::Echo | JobType::Embedding, _) | (JobType::Inference, Payload::Json(_)) => {
+                    return Ok(Route::Isolated)
+                }
+                _ => {}
+            }
         }
         // Inference runs here when the payload names this engine's model (or
         // none); raw-byte payloads can only be for a worker (below).
@@ -393,7 +434,10 @@ impl Engine {
             return Err(CoreError::cancelled());
         }
         let start = Instant::now();
-        let route = self.guard(self.route_inference(req.model_name.as_deref(), call.target), &call).await?;
+        let route = match (&self.isolated, call.target) {
+            (Some(_), Target::Auto | Target::Local) => Route::Isolated,
+            _ => self.guard(self.route_inference(req.model_name.as_deref(), call.target), &call).await?,
+        };
         match route {
             Route::Local => {
                 // The deadline counts from the call, not from here (routing
@@ -424,13 +468,47 @@ impl Engine {
                     )),
                 }
             }
+            Route::Isolated => {
+                let iso = self.isolated.as_ref().ok_or_else(|| CoreError::internal("no isolated process"))?;
+                let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
+                let untimed = CallOptions { timeout: None, ..call.clone() };
+                self.guard(iso.infer(&req, remaining, call.cancel.clone()), &untimed).await
+            }
         }
     }
 
     /// Metadata of the models served here (the engine's encoder), in the
     /// Open Inference Protocol's shape. Loads the model on first use.
     pub async fn models(&self) -> Result<Vec<ModelMetadata>> {
+        if let Some(iso) = &self.isolated {
+            let _slot = self.admit()?;
+            // A metadata query (an inference payload without `inputs`).
+            let envelope = Envelope {
+                id: None,
+                job_type: "inference".into(),
+                payload: Payload::Json(serde_json::json!({})),
+                encoding: Encoding::Json,
+            };
+            let call = CallOptions::default();
+            let out = self.guard(iso.run(&envelope, None, CancellationToken::new()), &call).await?.output;
+            let models = match out {
+                JobOutput::Json(mut v) => v.get_mut("models").map(Value::take),
+                JobOutput::Bytes(_) => None,
+            };
+            return models
+                .and_then(|m| serde_json::from_value::<Vec<ModelMetadata>>(m).ok())
+                .ok_or_else(|| err!(WorkerProtocol, "the isolated process's model metadata is malformed"));
+        }
         Ok(vec![infer::model_metadata(&*self.embedder().await?)])
+    }
+
+    /// Ask the isolated process for its own health report (at most
+    /// [`crate::isolation::HEALTH_TIMEOUT`]), so that the next
+    /// [`Engine::health`] includes it. No-op in-process.
+    pub async fn refresh_health(&self) {
+        if let Some(iso) = &self.isolated {
+            iso.refresh_health(crate::isolation::HEALTH_TIMEOUT).await;
+        }
     }
 
     /// Where an inference for `model` runs: see [`Engine::infer`]. A local
@@ -515,27 +593,57 @@ impl Engine {
             // No worker yet: show what discovery would use.
             None => WorkerStatus::discovered(discovery::find_worker(&self.config.base_dir, &denv).ok()),
         };
+        let isolation = match &self.isolated {
+            Some(iso) => {
+                let h = iso.health();
+                if !h.running && h.restarts > 0 {
+                    degrade(&mut status);
+                    errors.push(format!("isolation: the isolated process is down ({} restarts so far)", h.restarts));
+                }
+                if let Some(report) = &h.health {
+                    if report.get("status").and_then(Value::as_str).is_some_and(|s| s != "ok") {
+                        degrade(&mut status);
+                    }
+                    for e in report.get("errors").and_then(Value::as_array).into_iter().flatten() {
+                        if let Some(e) = e.as_str() {
+                            errors.push(format!("isolated: {e}"));
+                        }
+                    }
+                }
+                h
+            }
+            None => IsolationHealth::in_process(),
+        };
         if self.is_closed() {
             status = Status::Error;
             errors.push("engine: closed".into());
         }
+        let isolated_report = isolation.health.as_ref();
         Health {
             status,
             version: crate::VERSION,
             cuda_available: probe.available,
-            backend: match &embedder {
-                Some(e) if e.info().backend == "cuda" => BackendKind::Cuda,
+            backend: match (&embedder, &self.isolated) {
+                (_, Some(iso)) => iso.backend().unwrap_or(BackendKind::Cpu),
+                (Some(e), None) if e.info().backend == "cuda" => BackendKind::Cuda,
                 _ => BackendKind::Cpu,
             },
             cuda_path,
             worker,
             devices: probe.devices_now(),
-            model: embedder.as_ref().map(|e| e.info()),
+            model: match isolated_report {
+                Some(r) => r.get("model").and_then(|m| serde_json::from_value(m.clone()).ok()),
+                None => embedder.as_ref().map(|e| e.info()),
+            },
             compute: backend_status,
             queue: QueueHealth {
-                depth: embedder.as_ref().map_or(0, |e| e.queue_stats().depth),
+                depth: match isolated_report {
+                    Some(r) => r["queue"]["depth"].as_u64().unwrap_or(0) as usize,
+                    None => embedder.as_ref().map_or(0, |e| e.queue_stats().depth),
+                },
                 in_flight: self.admitted.load(Ordering::Acquire),
             },
+            isolation,
             errors,
         }
     }
@@ -552,6 +660,9 @@ impl Engine {
         }
         if let Some(worker) = self.worker.get() {
             worker.shutdown().await;
+        }
+        if let Some(iso) = &self.isolated {
+            iso.shutdown().await;
         }
         // The model's memory (weights, GPU workspaces) goes once no call
         // holds the embedder any more.
@@ -641,7 +752,7 @@ pub async fn with_deadline<T>(
 
 /// Read an `embedding` job's payload: `{text}` or `{texts}`, with optional
 /// `normalize` and `truncate`.
-fn embedding_request(payload: Payload) -> Result<(Vec<String>, EmbedOptions)> {
+pub fn embedding_request(payload: Payload) -> Result<(Vec<String>, EmbedOptions)> {
     let Payload::Json(Value::Object(mut obj)) = payload else {
         return Err(err!(InvalidArg, "an `embedding` payload must be a JSON object {{text}} or {{texts}}"));
     };

@@ -8,6 +8,7 @@ use crate::backend::BackendStatus;
 use crate::device::DeviceInfo;
 use crate::discovery::WorkerSource;
 use crate::embedder::ModelInfo;
+use crate::isolation::IsolationHealth;
 use crate::jobs::BackendKind;
 use crate::worker::{WorkerHealth, WorkerMode};
 
@@ -93,6 +94,9 @@ pub struct Health {
     /// until a model is loaded.
     pub compute: Option<BackendStatus>,
     pub queue: QueueHealth,
+    /// Where the model runs (`isolation`), and with `'process'` the isolated
+    /// process: pid, restarts, its own report (docs/design.md "Health").
+    pub isolation: IsolationHealth,
     /// Human-readable reasons for `degraded` / `error`, and notes such as why
     /// CUDA is unavailable.
     pub errors: Vec<String>,

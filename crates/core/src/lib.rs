@@ -23,6 +23,7 @@ pub mod engine;
 pub mod envelope;
 pub mod health;
 pub mod infer;
+pub mod isolation;
 pub mod jobs;
 pub mod model;
 pub mod options;

@@ -72,6 +72,12 @@ pub struct EngineOptions {
     pub max_queued_texts: Option<u64>,
     /// Texts in one `embed` call before `E_TOO_LARGE` (default 16,384).
     pub max_texts_per_call: Option<u64>,
+    /// `'in-process'` (default): the model runs in this process. `'process'`:
+    /// in a supervised `cuda-worker --serve` started with these options
+    /// (minus `isolation` and `worker`), so a segfault, a sticky CUDA error
+    /// or a hang costs a restart of that process (docs/reliability.md
+    /// "Fault isolation").
+    pub isolation: Option<String>,
 }
 
 /// `EngineOptions.worker` given as an object.
@@ -147,6 +153,46 @@ pub struct EngineConfig {
     /// The configured worker, if `worker` was given.
     pub worker: Option<WorkerConfig>,
     pub model_loading: ModelLoading,
+    /// Where the model runs (`isolation`).
+    pub isolation: IsolationConfig,
+}
+
+/// `EngineOptions.isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum Isolation {
+    /// The model runs in this process (the default).
+    #[default]
+    #[serde(rename = "in-process")]
+    InProcess,
+    /// The model runs in a supervised `cuda-worker --serve`.
+    #[serde(rename = "process")]
+    Process,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::InProcess => "in-process",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+/// The typed settings of `isolation: 'process'`.
+#[derive(Debug, Clone, Default)]
+pub struct IsolationConfig {
+    pub mode: Isolation,
+    /// The isolated process's `EngineOptions` (`--options`): the caller's,
+    /// minus `isolation` and `worker`, `null`s dropped.
+    pub options: Value,
+    /// Rust API only: the `cuda-worker` binary. None: the discovery rules
+    /// (docs/discovery.md), as for `worker: true`.
+    pub path: Option<PathBuf>,
+    /// Rust API only: variables added to the isolated process's environment
+    /// (it inherits this process's). No option sets this, so nothing a JS,
+    /// HTTP or gRPC caller sends reaches it; tests set
+    /// `CUDA_ENGINE_FAULT_INJECT` here.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for EngineConfig {
@@ -177,6 +223,7 @@ impl EngineOptions {
 
     /// Apply defaults and check ranges; the typed settings of every part.
     pub fn into_config(self) -> Result<EngineConfig> {
+        let isolation = self.isolation_config()?;
         let base_dir = match self.base_dir {
             Some(b) if b.is_empty() => return Err(err!(InvalidArg, "`options.baseDir` is an empty string")),
             Some(b) => PathBuf::from(b),
@@ -225,7 +272,26 @@ impl EngineOptions {
             embedder,
             worker,
             model_loading: ModelLoading::default(),
+            isolation,
         })
+    }
+
+    fn isolation_config(&self) -> Result<IsolationConfig> {
+        let mode = match self.isolation.as_deref() {
+            None | Some("in-process") => Isolation::InProcess,
+            Some("process") => Isolation::Process,
+            Some(other) => {
+                return Err(err!(InvalidArg, "`options.isolation` must be 'in-process' or 'process', got {other:?}"))
+            }
+        };
+        let mut child = self.clone();
+        child.isolation = None;
+        child.worker = None;
+        let options = match serde_json::to_value(&child) {
+            Ok(Value::Object(m)) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+            _ => Value::Object(Default::default()),
+        };
+        Ok(IsolationConfig { mode, options, path: None, env: Vec::new() })
     }
 }
 
@@ -446,6 +512,9 @@ mod tests {
             (json!({ "device": "gpu" }), "options.device"),
             (json!({ "device": true }), "options.device"),
             (json!({ "dtype": "int8" }), "options.dtype"),
+            (json!({ "isolation": "thread" }), "options.isolation"),
+            (json!({ "isolation": true }), "options.isolation"),
+            (json!({ "isolation": "Process" }), "options.isolation"),
             (json!({ "worker": { "mode": "forever" } }), "options.worker.mode"),
             (json!({ "worker": { "poolSize": 0 } }), "options.worker.poolSize"),
             (json!({ "worker": { "timeoutMs": -1 } }), "options.worker.timeoutMs"),
@@ -505,12 +574,26 @@ mod tests {
     fn field_names_come_from_the_schema() {
         let names = EngineOptions::field_names();
         assert!(names.contains(&"maxEnvelopeBytes".to_string()) && names.contains(&"baseDir".to_string()));
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 15);
         assert_eq!(WorkerOptions::field_names().len(), 12);
         // Every listed name deserializes (no drift between the list and serde).
         for n in names {
             EngineOptions::from_json(&json!({ n.clone(): null })).unwrap_or_else(|e| panic!("{n}: {e}"));
         }
+    }
+
+    #[test]
+    fn isolation_passes_the_options_on_minus_itself_and_worker() {
+        let c = EngineOptions::from_json(&json!({
+            "isolation": "process", "model": "/m", "device": "cpu", "maxBatchSize": 8, "worker": "w", "dtype": null
+        }))
+        .and_then(EngineOptions::into_config)
+        .unwrap();
+        assert_eq!(c.isolation.mode, Isolation::Process);
+        assert_eq!(c.isolation.options, json!({ "model": "/m", "device": "cpu", "maxBatchSize": 8 }));
+        let c = EngineOptions::from_json(&json!({ "isolation": "in-process" })).and_then(EngineOptions::into_config);
+        assert_eq!(c.unwrap().isolation.mode, Isolation::InProcess);
+        assert_eq!(EngineConfig::default().isolation.mode, Isolation::InProcess);
     }
 
     #[test]

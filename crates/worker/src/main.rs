@@ -11,6 +11,18 @@
 //! Jobs run through `cuda_engine_core::engine::Engine`, so the worker runs
 //! exactly the job types the addon runs. Unknown types get an
 //! `E_UNKNOWN_TYPE` reply.
+//!
+//! It is also the engine's isolated process (`isolation: 'process'`): the
+//! supervisor starts it with `--serve --preload --options JSON` and also
+//! sends the requests only it writes (`"vectors":"f32"` embeddings,
+//! `"tensors":"binary"` inferences, `{"id":N,"health":true}`;
+//! docs/worker-protocol.md).
+//!
+//! Fault injection (tests only, docs/reliability.md "Fault isolation"):
+//! `CUDA_ENGINE_FAULT_INJECT` is read once, here in `main`, from this
+//! process's own environment; no request can set or change it.
+
+mod fault;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -20,7 +32,9 @@ use cuda_engine_core::engine::{CallOptions, Engine, EnvelopeInput, ModelLoading}
 use cuda_engine_core::envelope::{Payload, RawEnvelope};
 use cuda_engine_core::err;
 use cuda_engine_core::error::Result;
-use cuda_engine_core::jobs::{JobOutput, Target};
+use cuda_engine_core::infer::InferRequest;
+use cuda_engine_core::isolation;
+use cuda_engine_core::jobs::{JobOutput, JobType, Target};
 use cuda_engine_core::options::EngineOptions;
 use cuda_engine_core::worker::protocol::{self, BinaryFormat, Request, FRAME_HEADER_LEN, FRAME_TAG};
 use serde_json::Value;
@@ -32,12 +46,20 @@ const USAGE: &str = "usage: cuda-worker [--serve] [--options JSON]
   (no flag)       one-shot: one request on stdin, one response on stdout
   --serve         persistent: NDJSON requests with ids until stdin closes
   --options JSON  EngineOptions as JSON (e.g. {\"device\":\"cpu\"}); default: $CUDA_ENGINE_OPTIONS
-  --version       print the version";
+  --preload       start loading the model at once (not on the first job)
+  --version       print the version
+environment: CUDA_ENGINE_FAULT_INJECT=KIND[:N] (tests: segfault, abort, hang or
+  sticky-cuda-fault on the N-th embedding job, default 1)";
 
 type Outcome = Result<(JobOutput, &'static str)>;
 
 fn main() -> ExitCode {
+    // Read once, from this process's own environment, before anything else.
+    if let Err(e) = fault::init_from_env() {
+        return usage_error(&e);
+    }
     let mut serve = false;
+    let mut preload = false;
     let mut options = match std::env::var("CUDA_ENGINE_OPTIONS") {
         Ok(s) if !s.trim().is_empty() => match serde_json::from_str::<Value>(&s) {
             Ok(v) => v,
@@ -49,6 +71,7 @@ fn main() -> ExitCode {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--serve" => serve = true,
+            "--preload" => preload = true,
             "--options" => match args.next().map(|s| serde_json::from_str::<Value>(&s)) {
                 Some(Ok(v)) => options = v,
                 _ => return usage_error("--options needs a JSON object"),
@@ -72,6 +95,7 @@ fn main() -> ExitCode {
     // A worker never proxies to another worker, and loads the model on
     // first use (a one-shot echo job must not pay for it).
     config.worker = None;
+    config.isolation = Default::default();
     config.model_loading = ModelLoading::OnFirstUse;
     let engine = match Engine::open(config) {
         Ok(e) => e,
@@ -90,6 +114,17 @@ fn main() -> ExitCode {
         }
     };
     let code = rt.block_on(async move {
+        if preload {
+            // In the background: requests are read meanwhile, and the ones
+            // that need the model wait for this load (a failed load is the
+            // E_MODEL answer of the jobs that need it, retried as usual).
+            let e = engine.clone();
+            tokio::spawn(async move {
+                if let Err(err) = e.embedder().await {
+                    eprintln!("cuda-worker: preloading the model failed: {err}");
+                }
+            });
+        }
         if serve {
             serve_loop(engine).await
         } else {
@@ -117,7 +152,19 @@ fn to_input(req: Request) -> EnvelopeInput {
     EnvelopeInput::Raw(raw)
 }
 
+fn is_embedding(input: &EnvelopeInput) -> bool {
+    match input {
+        EnvelopeInput::Raw(r) => r.job_type.as_deref().map(JobType::parse) == Some(JobType::Embedding),
+        // One-shot text requests are decoded into `Raw` above; bytes never
+        // reach here.
+        EnvelopeInput::Bytes(_) => false,
+    }
+}
+
 async fn run_job(engine: &Engine, input: EnvelopeInput, cancel: CancellationToken) -> Outcome {
+    if is_embedding(&input) {
+        fault::on_embedding()?;
+    }
     let call = CallOptions { cancel, target: Target::Local, ..CallOptions::default() };
     let result = engine.submit(input, call).await?;
     Ok((result.output, result.encoding))
@@ -187,20 +234,106 @@ fn frame_request(data: &[u8]) -> Result<(BinaryFormat, Request)> {
     Ok((fmt, req))
 }
 
-/// A persistent-mode JSON line: `{"id":N,"cancel":true}` or a request,
-/// which is an envelope plus `id` (so `payload_b64` works here too) with
-/// the caller's own id in `job_id`.
-fn json_line(line: &[u8]) -> std::result::Result<(u64, bool, Result<EnvelopeInput>), String> {
+/// A persistent-mode JSON line, read.
+enum Line {
+    /// `{"id":N,"cancel":true}`
+    Cancel(u64),
+    /// `{"id":N,"health":true}`: the engine's health report.
+    Health(u64),
+    /// A request, and how its reply is written.
+    Job { id: u64, input: Result<EnvelopeInput>, reply: Reply },
+}
+
+/// How a request's reply is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// The ordinary reply (a JSON line, or a frame for bytes).
+    Plain,
+    /// `"vectors":"f32"`: an embedding's vectors as raw f32 bytes.
+    F32Vectors,
+    /// `"tensors":"binary"`: an inference's tensors as raw bytes.
+    BinaryTensors,
+}
+
+/// A persistent-mode JSON line: a control message or a request, which is an
+/// envelope plus `id` (so `payload_b64` works here too) with the caller's
+/// own id in `job_id`.
+fn json_line(line: &[u8]) -> std::result::Result<Line, String> {
     let v: Value = serde_json::from_slice(line).map_err(|e| format!("not JSON ({e})"))?;
     let Value::Object(mut obj) = v else { return Err("not a JSON object".into()) };
     let id = obj.remove("id").and_then(|v| v.as_u64()).ok_or("`id` is missing or not an unsigned integer")?;
     if obj.get("cancel").and_then(Value::as_bool) == Some(true) {
-        return Ok((id, true, Err(err!(Cancelled, "cancel"))));
+        return Ok(Line::Cancel(id));
+    }
+    if obj.get("health").and_then(Value::as_bool) == Some(true) {
+        return Ok(Line::Health(id));
+    }
+    let mut reply = Reply::Plain;
+    for (key, value, kind) in [
+        (protocol::VECTORS_KEY, protocol::VECTORS_F32, Reply::F32Vectors),
+        (isolation::TENSORS_KEY, isolation::TENSORS_BINARY, Reply::BinaryTensors),
+    ] {
+        match obj.remove(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == value => reply = kind,
+            Some(other) => {
+                let e = err!(InvalidArg, "`{key}` must be \"{value}\", got {other}");
+                return Ok(Line::Job { id, input: Err(e), reply: Reply::Plain });
+            }
+        }
     }
     if let Some(job_id) = obj.remove("job_id") {
         obj.insert("id".into(), job_id);
     }
-    Ok((id, false, RawEnvelope::from_value(Value::Object(obj)).map(EnvelopeInput::Raw)))
+    Ok(Line::Job { id, input: RawEnvelope::from_value(Value::Object(obj)).map(EnvelopeInput::Raw), reply })
+}
+
+/// An inference whose reply carries its tensors as raw bytes (the isolated
+/// process's `infer` path).
+async fn run_infer_binary(engine: &Engine, id: u64, input: EnvelopeInput, cancel: CancellationToken) -> Vec<u8> {
+    let run = async {
+        let EnvelopeInput::Raw(raw) = input else {
+            return Err(err!(InvalidArg, "a binary-tensor inference request must be a JSON line"));
+        };
+        if raw.job_type.as_deref().map(JobType::parse) != Some(JobType::Inference) {
+            return Err(err!(InvalidArg, "`tensors: \"binary\"` is only for `inference` jobs"));
+        }
+        let payload = raw.payload.ok_or_else(|| err!(Envelope, "an inference request needs `payload`"))?;
+        let mut req = InferRequest::from_json(&payload)?;
+        if req.id.is_none() {
+            req.id = raw.id;
+        }
+        let call = CallOptions { cancel, target: Target::Local, ..CallOptions::default() };
+        let resp = engine.infer(req, call).await?;
+        isolation::encode_infer_response(id, &resp)
+    };
+    match run.await {
+        Ok(frame) => frame,
+        Err(e) => protocol::encode_response(Some(id), &Err(e), None),
+    }
+}
+
+/// An embedding job whose reply is the vectors as raw f32 bytes (the
+/// isolated process's `embed` path): no JSON numbers either way.
+async fn run_embed_f32(engine: &Engine, id: u64, input: EnvelopeInput, cancel: CancellationToken) -> Vec<u8> {
+    let run = async {
+        let EnvelopeInput::Raw(raw) = input else {
+            return Err(err!(InvalidArg, "an f32 embedding request must be a JSON line"));
+        };
+        if raw.job_type.as_deref().map(JobType::parse) != Some(JobType::Embedding) {
+            return Err(err!(InvalidArg, "`vectors: \"f32\"` is only for `embedding` jobs"));
+        }
+        let payload = raw.payload.ok_or_else(|| err!(Envelope, "an f32 embedding request needs `payload`"))?;
+        let (texts, opts) = cuda_engine_core::engine::embedding_request(Payload::Json(payload))?;
+        fault::on_embedding()?;
+        let call = CallOptions { cancel, target: Target::Local, ..CallOptions::default() };
+        let vectors = engine.embed(texts, opts, call).await?;
+        protocol::encode_vectors_response(id, &vectors)
+    };
+    match run.await {
+        Ok(frame) => frame,
+        Err(e) => protocol::encode_response(Some(id), &Err(e), None),
+    }
 }
 
 enum Msg {
@@ -272,9 +405,26 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
         };
         // Reap finished tasks so the set does not grow without bound.
         while tasks.try_join_next().is_some() {}
-        let (id, cancel, input, format) = match msg {
+        let (id, input, format, reply) = match msg {
             Msg::Line(l) => match json_line(&l) {
-                Ok(x) => (x.0, x.1, x.2, None),
+                Ok(Line::Cancel(id)) => {
+                    if let Some(t) = jobs.lock().unwrap().get(&id) {
+                        t.cancel();
+                    }
+                    continue;
+                }
+                Ok(Line::Health(id)) => {
+                    let (engine, tx) = (engine.clone(), tx.clone());
+                    tasks.spawn(async move {
+                        let outcome = match tokio::task::spawn_blocking(move || engine.health().to_json()).await {
+                            Ok(v) => Ok((JobOutput::Json(v), "json")),
+                            Err(e) => Err(err!(Internal, "health check failed: {e}")),
+                        };
+                        let _ = tx.send(protocol::encode_response(Some(id), &outcome, None));
+                    });
+                    continue;
+                }
+                Ok(Line::Job { id, input, reply }) => (id, input, None, reply),
                 Err(why) => {
                     // Without a readable id there is nobody to reply to.
                     eprintln!("cuda-worker: ignoring an invalid request: {why}");
@@ -283,7 +433,7 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
             },
             Msg::Frame(fmt, body) => match protocol::parse_frame_request(fmt, &body) {
                 Ok(req) => match req.id {
-                    Some(id) => (id, false, Ok(to_input(req)), Some(fmt)),
+                    Some(id) => (id, Ok(to_input(req)), Some(fmt), Reply::Plain),
                     None => {
                         eprintln!("cuda-worker: ignoring a frame without `id` (required with --serve)");
                         continue;
@@ -295,12 +445,6 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
                 }
             },
         };
-        if cancel {
-            if let Some(t) = jobs.lock().unwrap().get(&id) {
-                t.cancel();
-            }
-            continue;
-        }
         let input = match input {
             Ok(i) => i,
             Err(e) => {
@@ -313,9 +457,13 @@ async fn serve_loop(engine: Arc<Engine>) -> u8 {
         jobs.lock().unwrap().insert(id, token.clone());
         let (engine, tx, jobs) = (engine.clone(), tx.clone(), jobs.clone());
         tasks.spawn(async move {
-            let outcome = run_job(&engine, input, token).await;
+            let reply = match reply {
+                Reply::F32Vectors => run_embed_f32(&engine, id, input, token).await,
+                Reply::BinaryTensors => run_infer_binary(&engine, id, input, token).await,
+                Reply::Plain => protocol::encode_response(Some(id), &run_job(&engine, input, token).await, format),
+            };
             jobs.lock().unwrap().remove(&id);
-            let _ = tx.send(protocol::encode_response(Some(id), &outcome, format));
+            let _ = tx.send(reply);
         });
     }
     while tasks.join_next().await.is_some() {}

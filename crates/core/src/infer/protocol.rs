@@ -195,6 +195,33 @@ impl TensorData {
         })
     }
 
+    /// The elements as raw little-endian bytes (the inverse of
+    /// [`TensorData::from_le_bytes`]: BOOL as 0/1 bytes, FP16 as its bit
+    /// patterns); `None` for BYTES, which has no single-buffer form.
+    pub fn to_le_bytes(&self) -> Option<Vec<u8>> {
+        fn le<T: Copy, const N: usize>(v: &[T], f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+            let mut out = Vec::with_capacity(v.len() * N);
+            for &x in v {
+                out.extend_from_slice(&f(x));
+            }
+            out
+        }
+        Some(match self {
+            TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+            TensorData::Uint8(v) => v.clone(),
+            TensorData::Int8(v) => v.iter().map(|&b| b as u8).collect(),
+            TensorData::Uint16(v) | TensorData::Fp16(v) => le(v, u16::to_le_bytes),
+            TensorData::Int16(v) => le(v, i16::to_le_bytes),
+            TensorData::Uint32(v) => le(v, u32::to_le_bytes),
+            TensorData::Int32(v) => le(v, i32::to_le_bytes),
+            TensorData::Fp32(v) => le(v, f32::to_le_bytes),
+            TensorData::Uint64(v) => le(v, u64::to_le_bytes),
+            TensorData::Int64(v) => le(v, i64::to_le_bytes),
+            TensorData::Fp64(v) => le(v, f64::to_le_bytes),
+            TensorData::Bytes(_) => return None,
+        })
+    }
+
     /// Elements from JSON `data`: a flat or nested array (row-major). Numbers
     /// must be integers in range for integer types; BOOL takes booleans;
     /// FP16 takes numbers (rounded to the nearest binary16); BYTES takes
@@ -710,7 +737,7 @@ impl InferResponse {
 }
 
 /// A tensor in model metadata; `-1` marks a variable dimension.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TensorMetadata {
     pub name: String,
     pub datatype: String,
@@ -719,7 +746,7 @@ pub struct TensorMetadata {
 
 /// Model metadata (the protocol's `GET v2/models/{name}` body), plus a
 /// `parameters` object with what a client needs to build valid requests.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelMetadata {
     pub name: String,
     pub versions: Vec<String>,

@@ -84,6 +84,15 @@ pub struct WorkerConfig {
     /// since the last one; doubles per such death up to `max_restart_delay`.
     pub restart_delay: Duration,
     pub max_restart_delay: Duration,
+    /// Variables added to the worker's environment (it inherits this
+    /// process's). Rust API only: no option sets it, so nothing a JS, HTTP
+    /// or gRPC caller sends reaches a worker's environment. Tests use it to
+    /// give one worker `CUDA_ENGINE_FAULT_INJECT` (docs/reliability.md).
+    pub env: Vec<(String, String)>,
+    /// Persistent mode: a job answered with `E_CUDA_FAULT` kills and
+    /// restarts the process that answered it (a sticky CUDA error poisons
+    /// a process's context for good). On for `isolation: 'process'`.
+    pub recycle_on_cuda_fault: bool,
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,6 +121,8 @@ impl WorkerConfig {
             discovery_env: None,
             restart_delay: DEFAULT_RESTART_DELAY,
             max_restart_delay: DEFAULT_MAX_RESTART_DELAY,
+            env: Vec::new(),
+            recycle_on_cuda_fault: false,
         }
     }
 }
@@ -235,6 +246,39 @@ impl Worker {
             encoding,
             timings: Timings { run: run_ms, total: run_ms, ..Timings::default() },
         })
+    }
+
+    /// Persistent mode: run one request that `build` encodes (a whole line
+    /// or frame) for the wire id it is given, under the same supervision as
+    /// [`Worker::run`] (timeout, cancellation, restart). For requests that
+    /// envelopes cannot express: the engine's isolated process
+    /// (`isolation: 'process'`) takes `f32` embedding replies and `health`.
+    pub async fn run_wire(
+        &self,
+        build: impl FnOnce(u64) -> Result<Vec<u8>>,
+        timeout: Option<Duration>,
+        cancel: CancellationToken,
+    ) -> Result<(crate::jobs::JobOutput, &'static str)> {
+        if self.shared.shutdown.load(Ordering::Acquire) {
+            return Err(err!(WorkerExit, "the worker {} is shut down", self.shared.path.display()));
+        }
+        if cancel.is_cancelled() {
+            return Err(CoreError::cancelled());
+        }
+        let Some(pool) = &self.pool else {
+            return Err(CoreError::internal("Worker::run_wire needs a persistent worker"));
+        };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _g = Counter(&self.in_flight);
+        pool.run_wire(build, timeout.unwrap_or(self.shared.cfg.timeout), &cancel).await
+    }
+
+    /// Persistent mode: start the first process now, in the background, so
+    /// the first job does not wait for it. No-op without a tokio runtime.
+    pub fn warm(&self) {
+        if let Some(pool) = &self.pool {
+            pool.warm();
+        }
     }
 
     pub fn health(&self) -> WorkerHealth {

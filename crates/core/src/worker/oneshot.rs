@@ -76,7 +76,7 @@ pub(crate) async fn run(
     let cfg = &shared.cfg;
     let path = &shared.path;
     let started = Instant::now();
-    let mut child = process::spawn(path, &cfg.args)?;
+    let mut child = process::spawn(path, &cfg.args, &cfg.env)?;
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     let mut stdin = child.stdin.take();
     let mut stdout = child.stdout.take().expect("piped stdout");

@@ -28,7 +28,7 @@ use super::protocol::{self, FRAME_HEADER_LEN, FRAME_TAG};
 use super::Shared;
 use crate::envelope::Envelope;
 use crate::err;
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, ErrorCode, Result};
 use crate::jobs::JobOutput;
 
 type Outcome = Result<(JobOutput, &'static str)>;
@@ -64,6 +64,8 @@ pub(crate) struct Proc {
     tx: Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>,
     pending: Mutex<Pending>,
     kill_reason: Mutex<Option<CoreError>>,
+    /// Set by `kill_for`: the process is being killed.
+    killed: AtomicBool,
     tail: Mutex<Tail>,
     born: Instant,
     /// Nanoseconds after `born` of the last message read from stdout.
@@ -84,11 +86,14 @@ impl Proc {
     }
 
     fn is_dead(&self) -> bool {
-        *self.exited.borrow() || self.pending.lock().unwrap().dead
+        self.killed.load(Ordering::Acquire) || *self.exited.borrow() || self.pending.lock().unwrap().dead
     }
 
     /// Kill the group, recording why (the waiter reports it to every job).
+    /// From now on no job is sent to it: the next one waits for the
+    /// replacement instead of failing with this process.
     fn kill_for(&self, reason: CoreError) {
+        self.killed.store(true, Ordering::Release);
         {
             let mut r = self.kill_reason.lock().unwrap();
             if r.is_none() {
@@ -102,7 +107,7 @@ impl Proc {
     fn register(&self, id: u64) -> Result<oneshot::Receiver<Outcome>> {
         let (tx, rx) = oneshot::channel();
         let mut p = self.pending.lock().unwrap();
-        if p.dead || *self.exited.borrow() {
+        if p.dead || *self.exited.borrow() || self.killed.load(Ordering::Acquire) {
             return Err(err!(WorkerExit, "worker pid {} exited before the job could be sent", self.pid));
         }
         p.map.insert(id, tx);
@@ -191,7 +196,7 @@ impl Slot {
 
     fn start(self: &Arc<Self>) -> Result<Arc<Proc>> {
         let cfg = &self.shared.cfg;
-        let mut child = process::spawn(&self.shared.path, &cfg.args)?;
+        let mut child = process::spawn(&self.shared.path, &cfg.args, &cfg.env)?;
         let pid = child.id().unwrap_or(0);
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -204,6 +209,7 @@ impl Slot {
             tx: Mutex::new(Some(tx)),
             pending: Mutex::new(Pending { dead: false, map: HashMap::new() }),
             kill_reason: Mutex::new(None),
+            killed: AtomicBool::new(false),
             tail: Mutex::new(Tail::new(cfg.max_stderr_bytes)),
             born: Instant::now(),
             last_output: AtomicU64::new(0),
@@ -545,6 +551,31 @@ impl Pool {
         timeout: Duration,
         cancel: &CancellationToken,
     ) -> Result<(JobOutput, &'static str)> {
+        let format = self.slots[0].shared.cfg.binary_format;
+        self.run_wire(
+            |id| {
+                let wire = protocol::encode_request(env, job_type, Some(id), format)?;
+                // The writer task needs an owned buffer: raw payloads are
+                // copied once here (JSON payloads were serialized straight
+                // into `head`).
+                let mut frame = wire.head;
+                frame.extend_from_slice(wire.body);
+                Ok(frame)
+            },
+            timeout,
+            cancel,
+        )
+        .await
+    }
+
+    /// Run one request that `build` encodes for the wire id it is given (a
+    /// whole line or frame), under the same supervision as [`Pool::run`].
+    pub(crate) async fn run_wire(
+        &self,
+        build: impl FnOnce(u64) -> Result<Vec<u8>>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(JobOutput, &'static str)> {
         // Least-loaded slot; ties go to the lowest index, so a pool keeps
         // one worker warm under light load.
         let slot =
@@ -570,11 +601,7 @@ impl Pool {
             p = slot.get() => p?,
         };
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let wire = protocol::encode_request(env, job_type, Some(id), slot.shared.cfg.binary_format)?;
-        // The writer task needs an owned buffer: raw payloads are copied
-        // once here (JSON payloads were serialized straight into `head`).
-        let mut frame = wire.head;
-        frame.extend_from_slice(wire.body);
+        let frame = build(id)?;
         let rx = proc.register(id)?;
         let mut guard = JobGuard { proc: &proc, id, armed: true };
         let sent_at = proc.now();
@@ -587,10 +614,24 @@ impl Pool {
             biased;
             r = rx => {
                 guard.armed = false;
-                match r {
+                let outcome = match r {
                     Ok(outcome) => outcome,
                     Err(_) => Err(err!(WorkerExit, "worker pid {} went away with the job in flight", proc.pid)),
+                };
+                if let Err(e) = &outcome {
+                    if e.code == ErrorCode::CudaFault && slot.shared.cfg.recycle_on_cuda_fault {
+                        // A sticky fault poisons the process's CUDA context
+                        // for good: replace the process. Its other jobs in
+                        // flight fail with this code too.
+                        proc.kill_for(err!(
+                            CudaFault,
+                            "worker pid {} reported a sticky CUDA fault and was restarted ({})",
+                            proc.pid,
+                            e.message
+                        ));
+                    }
                 }
+                outcome
             }
             _ = cancel.cancelled() => Err(CoreError::cancelled()),
             _ = &mut deadline => {
@@ -606,6 +647,18 @@ impl Pool {
                 Err(timed_out("the job was cancelled in the worker"))
             }
         }
+    }
+
+    /// Start the first slot's process now (in the background) so the first
+    /// job finds it warm. Needs a tokio runtime; without one it does nothing.
+    pub(crate) fn warm(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let slot = self.slots[0].clone();
+        handle.spawn(async move {
+            if let Err(e) = slot.get().await {
+                log::warn!(target: "cuda_engine::worker", "starting worker (slot {}) failed: {e}", slot.index);
+            }
+        });
     }
 
     /// Close every worker's stdin (their cue to exit), give them `grace`,

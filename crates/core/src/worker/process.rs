@@ -18,10 +18,13 @@ use crate::err;
 use crate::error::Result;
 
 /// Spawn `path args..` with piped stdio in a new process group. No shell is
-/// involved: the arguments reach the worker exactly as given.
-pub(crate) fn spawn(path: &Path, args: &[String]) -> Result<Child> {
+/// involved: the arguments reach the worker exactly as given. The worker
+/// inherits this process's environment, plus `env` (Rust API only:
+/// `WorkerConfig::env`).
+pub(crate) fn spawn(path: &Path, args: &[String], env: &[(String, String)]) -> Result<Child> {
     let mut cmd = Command::new(path);
     cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

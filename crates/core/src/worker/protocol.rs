@@ -690,6 +690,102 @@ pub fn encode_response(
     }
 }
 
+// ---- the engine's isolated process (`isolation: 'process'`) ----------------
+//
+// Two requests only the engine's supervisor writes (an envelope cannot
+// express them, so `submit` cannot produce them): an `embedding` job whose
+// vectors come back as raw f32 bytes, and a health query.
+
+/// Request key asking for an `embedding` job's vectors as raw f32 bytes.
+pub const VECTORS_KEY: &str = "vectors";
+/// The value of [`VECTORS_KEY`] (and the reply's `encoding`).
+pub const VECTORS_F32: &str = "f32";
+
+/// An `embedding` request whose reply carries the vectors as raw bytes:
+/// `{"id":N,"type":"embedding","payload":{"texts":[…],"normalize":…,"truncate":…},"vectors":"f32"}`.
+pub fn encode_embed_f32_request(id: u64, texts: &[String], normalize: Option<bool>, truncate: bool) -> Result<Vec<u8>> {
+    let mut payload = serde_json::Map::new();
+    payload.insert("texts".into(), serde_json::to_value(texts).map_err(json_err)?);
+    if let Some(n) = normalize {
+        payload.insert("normalize".into(), Value::Bool(n));
+    }
+    payload.insert("truncate".into(), Value::Bool(truncate));
+    let line = serde_json::json!({
+        "id": id,
+        "type": "embedding",
+        "payload": Value::Object(payload),
+        VECTORS_KEY: VECTORS_F32,
+    });
+    let mut out = serde_json::to_vec(&line).map_err(json_err)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// `{"id":N,"health":true}`: the worker answers with its engine's health
+/// report as `result`.
+pub fn encode_health_request(id: u64) -> Vec<u8> {
+    format!("{{\"id\":{id},\"health\":true}}\n").into_bytes()
+}
+
+/// Worker side: the reply to an f32 embedding request, a CBOR frame
+/// `{id, ok: true, encoding: "f32", dims, result: bytes}` where `result`
+/// holds the vectors row-major, each element a little-endian f32. Written
+/// by hand, straight from the vectors (no intermediate value).
+pub fn encode_vectors_response(id: u64, vectors: &[Vec<f32>]) -> Result<Vec<u8>> {
+    let dims = vectors.first().map_or(0, Vec::len);
+    if vectors.iter().any(|v| v.len() != dims) {
+        return Err(CoreError::internal("embedding vectors of different lengths"));
+    }
+    let n = vectors.len() * dims * 4;
+    let mut w = HeadWriter { fmt: BinaryFormat::Cbor, out: Vec::with_capacity(64 + n) };
+    w.out.extend_from_slice(&[FRAME_TAG, BinaryFormat::Cbor.byte(), 0, 0, 0, 0]);
+    w.map(5);
+    w.str("id");
+    w.uint(id);
+    w.str("ok");
+    w.out.push(0xf5); // CBOR true
+    w.str("encoding");
+    w.str(VECTORS_F32);
+    w.str("dims");
+    w.uint(dims as u64);
+    w.str("result");
+    w.bytes_header(n);
+    for v in vectors {
+        for x in v {
+            w.out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    let total = u32::try_from(w.out.len() - FRAME_HEADER_LEN)
+        .map_err(|_| err!(TooLarge, "a worker frame is limited to 4 GiB"))?;
+    w.out[2..6].copy_from_slice(&total.to_be_bytes());
+    Ok(w.out)
+}
+
+/// Supervisor side: `count` vectors from the raw f32 bytes of an f32
+/// embedding reply. A length that does not split into `count` equal rows of
+/// whole f32s is `E_WORKER_PROTOCOL`.
+pub fn vectors_from_f32_bytes(bytes: &[u8], count: usize) -> Result<Vec<Vec<f32>>> {
+    if count == 0 {
+        return if bytes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(err!(WorkerProtocol, "the worker sent {} bytes of vectors for 0 texts", bytes.len()))
+        };
+    }
+    if !bytes.len().is_multiple_of(4 * count) {
+        return Err(err!(
+            WorkerProtocol,
+            "the worker sent {} bytes of f32 vectors, not {count} equal rows of whole f32s",
+            bytes.len()
+        ));
+    }
+    let dims = bytes.len() / 4 / count;
+    Ok(bytes
+        .chunks_exact(dims * 4)
+        .map(|row| row.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        .collect())
+}
+
 /// Write queued messages (lines or frames) to `w`, flushing once per burst:
 /// everything already queued goes out with one flush (group commit), so many
 /// jobs in flight cost few syscalls. Used on both ends of the pipe (the
@@ -774,6 +870,30 @@ mod tests {
             };
             assert_eq!(resp.outcome.unwrap_err().code, ErrorCode::UnknownType);
         }
+    }
+
+    #[test]
+    fn f32_vectors_round_trip_bit_exactly() {
+        let vectors = vec![vec![0.1f32, -2.5, f32::MIN_POSITIVE, 1e-40], vec![3.0, 4.0, -0.0, f32::MAX]];
+        let wire = encode_vectors_response(7, &vectors).unwrap();
+        let (f, n) = parse_frame_header(wire[..6].try_into().unwrap()).unwrap();
+        assert_eq!((f, n), (BinaryFormat::Cbor, wire.len() - 6));
+        let resp = parse_frame_response(f, &wire[6..]).unwrap();
+        assert_eq!(resp.id, Some(7));
+        let (out, _) = resp.outcome.unwrap();
+        let JobOutput::Bytes(b) = out else { panic!("not bytes") };
+        let back = vectors_from_f32_bytes(&b, 2).unwrap();
+        for (a, b) in vectors.iter().flatten().zip(back.iter().flatten()) {
+            assert_eq!(a.to_bits(), b.to_bits());
+        }
+        assert_eq!(vectors_from_f32_bytes(&b, 3).unwrap_err().code, ErrorCode::WorkerProtocol);
+        assert!(vectors_from_f32_bytes(&[], 0).unwrap().is_empty());
+        let line = encode_embed_f32_request(3, &["a".into()], Some(false), true).unwrap();
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["vectors"], "f32");
+        assert_eq!(v["payload"]["texts"][0], "a");
+        let v: Value = serde_json::from_slice(&encode_health_request(9)).unwrap();
+        assert_eq!((v["id"].as_u64(), v["health"].as_bool()), (Some(9), Some(true)));
     }
 
     #[test]
