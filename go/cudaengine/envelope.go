@@ -357,9 +357,10 @@ func JSONDepth(b []byte) int {
 }
 
 // ValidateJSON checks JSON text the way the engine parses it: the depth
-// limit first (before any parsing), then strict JSON: valid UTF-8, no lone
-// UTF-16 surrogate escapes, numbers within float64 range, nothing after the
-// value. Failures are E_TOO_DEEP or E_BAD_JSON (with line and column).
+// limit first (before any parsing), then strict JSON: valid UTF-8, numbers
+// within float64 range, nothing after the value. A lone UTF-16 surrogate
+// escape is accepted and decodes to U+FFFD, as in the engine (Go's decoder
+// does that itself). Failures are E_TOO_DEEP or E_BAD_JSON (with line and column).
 func ValidateJSON(b []byte, limits Limits, field string) error {
 	if off := DepthExceededAt(b, limits.MaxJSONDepth); off >= 0 {
 		return newError(CodeTooDeep, "`%s` is nested deeper than %d levels (at byte offset %d)", field, limits.MaxJSONDepth, off)
@@ -401,10 +402,6 @@ func ValidateJSON(b []byte, limits Limits, field string) error {
 		}
 		return wrapError(CodeBadJSON, err, "`%s` is not valid JSON: %s at line %d column %d", field, msg, line, col)
 	}
-	if off := loneSurrogateAt(b); off >= 0 {
-		line, col := lineColumn(b, off)
-		return newError(CodeBadJSON, "`%s` is not valid JSON: lone UTF-16 surrogate in a \\u escape at line %d column %d", field, line, col)
-	}
 	if bad := numberOutOfRange(v); bad != "" {
 		return newError(CodeBadJSON, "`%s` is not valid JSON: number out of range: %s", field, bad)
 	}
@@ -428,7 +425,8 @@ func lineColumn(b []byte, off int) (int, int) {
 }
 
 // loneSurrogateAt finds a \uD800-\uDFFF escape that is not a valid pair
-// (Go's decoder would silently turn it into U+FFFD; the engine refuses it).
+// (both Go's decoder and the engine turn it into U+FFFD; kept for callers
+// that want to know).
 func loneSurrogateAt(b []byte) int {
 	inString := false
 	hex := func(i int) (int, bool) {
