@@ -6,6 +6,7 @@
 // as unused (as in src/infer.rs).
 #![cfg_attr(test, allow(dead_code))]
 
+use cuda_engine_core::envelope::json_kind;
 use cuda_engine_core::model::hub::{self, FetchOptions, RepoId};
 use cuda_engine_core::model::DEFAULT_HF_REPO;
 use cuda_engine_core::options;
@@ -24,7 +25,11 @@ fn fetch_args(name: Option<JsVal>, options: Option<JsVal>) -> std::result::Resul
         Value::Null => DEFAULT_HF_REPO.to_string(),
         Value::String(s) => s,
         other => {
-            return Err(err!(InvalidArg, "`name` must be a Hugging Face repository id string, got {}", kind(&other)))
+            return Err(err!(
+                InvalidArg,
+                "`name` must be a Hugging Face repository id string, got {}",
+                json_kind(&other)
+            ))
         }
     };
     let repo = RepoId::parse(&name).ok_or_else(|| {
@@ -38,7 +43,7 @@ fn fetch_args(name: Option<JsVal>, options: Option<JsVal>) -> std::result::Resul
             return Err(err!(
                 InvalidArg,
                 "`options` must be an object {{ dir?, endpoint?, revision? }}, got {}",
-                kind(other)
+                json_kind(other)
             ))
         }
     };
@@ -48,7 +53,7 @@ fn fetch_args(name: Option<JsVal>, options: Option<JsVal>) -> std::result::Resul
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Err(err!(InvalidArg, "`options.{key}` is an empty string")),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(err!(InvalidArg, "`options.{key}` must be a string, got {}", kind(other))),
+            Some(other) => Err(err!(InvalidArg, "`options.{key}` must be a string, got {}", json_kind(other))),
         }
     };
     let opts = FetchOptions {
@@ -58,17 +63,6 @@ fn fetch_args(name: Option<JsVal>, options: Option<JsVal>) -> std::result::Resul
         progress: None,
     };
     Ok((repo, opts))
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Download a model (default sentence-transformers/all-MiniLM-L6-v2) from

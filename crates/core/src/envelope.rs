@@ -476,7 +476,7 @@ fn original_offset(raw: &[u8], compact_offset: usize, has_whitespace: bool) -> u
 }
 
 /// "a string", "an object", ...: for error messages about JSON values.
-pub(crate) fn json_kind(v: &Value) -> &'static str {
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
