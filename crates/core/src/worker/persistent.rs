@@ -86,7 +86,13 @@ impl Proc {
     }
 
     fn is_dead(&self) -> bool {
-        self.killed.load(Ordering::Acquire) || *self.exited.borrow() || self.pending.lock().unwrap().dead
+        self.refuses_jobs(&self.pending.lock().unwrap())
+    }
+
+    /// Killed, exited, or drained by the waiter: no job may be sent to it.
+    /// Takes the locked table so `register` decides under the same lock.
+    fn refuses_jobs(&self, pending: &Pending) -> bool {
+        pending.dead || *self.exited.borrow() || self.killed.load(Ordering::Acquire)
     }
 
     /// Kill the group, recording why (the waiter reports it to every job).
@@ -107,7 +113,7 @@ impl Proc {
     fn register(&self, id: u64) -> Result<oneshot::Receiver<Outcome>> {
         let (tx, rx) = oneshot::channel();
         let mut p = self.pending.lock().unwrap();
-        if p.dead || *self.exited.borrow() || self.killed.load(Ordering::Acquire) {
+        if self.refuses_jobs(&p) {
             return Err(err!(WorkerExit, "worker pid {} exited before the job could be sent", self.pid));
         }
         p.map.insert(id, tx);
