@@ -27,6 +27,7 @@ pub mod isolation;
 pub mod jobs;
 pub mod model;
 pub mod options;
+pub mod vector;
 pub mod worker;
 
 pub use error::{CoreError, ErrorCode, Result};

@@ -472,6 +472,16 @@ impl Device {
     /// Tests only (`CudaBackend::inject_fault_for_tests`): write through a
     /// null pointer on the device and wait, so the context gets a sticky
     /// illegal-address error.
+    /// The bound context (for work of other components on this executor).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The executor's stream: every launch of this device goes on it.
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
     pub(crate) fn inject_fault(&mut self) -> Result<()> {
         let ptx = cudarc::nvrtc::compile_ptx("extern \"C\" __global__ void poke(int* p) { p[threadIdx.x] = 1; }")
             .map_err(|e| err!(Internal, "NVRTC: {e:?}"))?;

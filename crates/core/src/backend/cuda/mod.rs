@@ -26,7 +26,10 @@
 
 mod exec;
 mod kernels;
-mod mem;
+pub(crate) mod mem;
+mod tasks;
+
+pub use tasks::{GpuTasks, TaskCtx};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -234,7 +237,7 @@ impl Shared {
     }
 }
 
-enum Job {
+pub(crate) enum Job {
     Forward {
         batch: TokenBatch,
         want_hidden: bool,
@@ -245,6 +248,12 @@ enum Job {
     Fault {
         reply: mpsc::SyncSender<Result<ForwardOutput>>,
     },
+    /// Work of another component on this device (a vector index): run with
+    /// the executor's context and stream ([`GpuTasks`]). The closure replies
+    /// itself and checks the fault state itself.
+    Task(tasks::Task),
+    /// End the thread now, even while [`GpuTasks`] handles still exist.
+    Stop,
 }
 
 /// The CUDA implementation of [`Backend`] (see the module docs).
@@ -259,6 +268,13 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
+    /// A handle that runs work on this backend's executor thread (the one
+    /// owner of the device's context and stream), e.g. a vector index that
+    /// lives next to the model.
+    pub fn tasks(&self) -> Option<GpuTasks> {
+        self.tx.as_ref().map(|tx| GpuTasks::new(tx.clone(), self.device, self.shared.clone()))
+    }
+
     /// Build the backend on `opts.device`: probe, convert the weights (on
     /// this thread), then start the executor, which compiles the kernels,
     /// uploads the weights, allocates the workspaces and runs a warm-up
@@ -368,10 +384,17 @@ fn executor(
     };
     while let Ok(job) = rx.recv() {
         let (result, reply) = match job {
+            Job::Stop => break,
+            Job::Task(task) => {
+                let ctx = TaskCtx { ctx: dev.context(), stream: dev.stream() };
+                task(&ctx);
+                continue;
+            }
             _ if shared.fault().is_some() => {
                 let why = shared.fault().unwrap_or_default();
                 let reply = match job {
                     Job::Forward { reply, .. } | Job::Fault { reply } => reply,
+                    Job::Task(_) | Job::Stop => continue,
                 };
                 (Err(err!(CudaFault, "the CUDA context is unusable after an earlier fault: {why}")), reply)
             }
@@ -443,7 +466,10 @@ impl Backend for CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
-        drop(self.tx.take());
+        // Stop explicitly: a vector index may still hold a GpuTasks sender.
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Job::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
