@@ -350,7 +350,14 @@ impl VectorIndex {
 
     /// Check `vectors` (`n × dims`, named `field`) and apply the metric's
     /// normalization. Errors name the vector and component.
-    fn prepare_rows(&self, mut vectors: Vec<f32>, n: usize, field: &str) -> Result<Vec<f32>> {
+    fn prepare_rows(&self, vectors: Vec<f32>, n: usize, field: &str) -> Result<Vec<f32>> {
+        self.check_rows(vectors, n, field, self.config.metric == Metric::Cosine)
+    }
+
+    /// `prepare_rows`, with the cosine normalization optional (rows read
+    /// back from a file are already normalized: normalizing again could
+    /// change their last bits).
+    pub(crate) fn check_rows(&self, mut vectors: Vec<f32>, n: usize, field: &str, normalize: bool) -> Result<Vec<f32>> {
         let d = self.config.dims;
         if vectors.len() != n * d {
             return Err(err!(
@@ -368,7 +375,7 @@ impl VectorIndex {
             if let Some(j) = row.iter().position(|v| !v.is_finite()) {
                 return Err(err!(InvalidArg, "`{field}[{i}][{j}]` is {} (must be finite)", row[j]));
             }
-            if self.config.metric == Metric::Cosine {
+            if normalize {
                 let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
                 if norm == 0.0 {
                     return Err(err!(InvalidArg, "`{field}[{i}]` is all zeros: cosine needs a non-zero vector"));
@@ -391,6 +398,17 @@ impl VectorIndex {
     /// Insert or replace vectors. `vectors` is `ids.len() × dims` values;
     /// `namespaces` is none or one (optional) namespace per vector.
     pub fn upsert(&self, ids: Vec<VectorId>, vectors: Vec<f32>, namespaces: Option<Vec<Option<String>>>) -> Result<()> {
+        self.upsert_rows(ids, vectors, namespaces, self.config.metric == Metric::Cosine)
+    }
+
+    /// `upsert`, with the cosine normalization optional (see `check_rows`).
+    pub(crate) fn upsert_rows(
+        &self,
+        ids: Vec<VectorId>,
+        vectors: Vec<f32>,
+        namespaces: Option<Vec<Option<String>>>,
+        normalize: bool,
+    ) -> Result<()> {
         let n = ids.len();
         if n > MAX_BATCH {
             return Err(err!(TooLarge, "`ids` has {n} entries, at most {MAX_BATCH} in one upsert"));
@@ -411,7 +429,7 @@ impl VectorIndex {
             }
         }
         check_ids(&ids, "ids")?;
-        let rows = self.prepare_rows(vectors, n, "vectors")?;
+        let rows = self.check_rows(vectors, n, "vectors", normalize)?;
         let mut st = self.state.write().map_err(|_| lock_err())?;
         if let Some(kind) = st.id_kind {
             if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| id.kind() != kind) {
