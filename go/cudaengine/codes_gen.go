@@ -27,6 +27,8 @@ const (
 	CodeUnknownModel Code = "E_UNKNOWN_MODEL"
 	// CodeModel (HTTP 503): no model, or model files missing or malformed (names file and field).
 	CodeModel Code = "E_MODEL"
+	// CodeIndex (HTTP 422): a vector index file cannot be read or written, or is truncated, corrupted or of an unsupported version (names the file and what is wrong).
+	CodeIndex Code = "E_INDEX"
 	// CodeWorkerNotFound (HTTP 503): no worker binary (names `CUDA_WORKER_PATH` or where it looked).
 	CodeWorkerNotFound Code = "E_WORKER_NOT_FOUND"
 	// CodeWorkerSpawn (HTTP 503): the worker could not be started.
@@ -78,6 +80,7 @@ var codeTable = []CodeInfo{
 	{Code: CodeUnknownType, HTTPStatus: 404, Meaning: "no local runner and no worker for this job type"},
 	{Code: CodeUnknownModel, HTTPStatus: 404, Meaning: "the requested model is not loaded and no worker is configured"},
 	{Code: CodeModel, HTTPStatus: 503, Meaning: "no model, or model files missing or malformed (names file and field)"},
+	{Code: CodeIndex, HTTPStatus: 422, Meaning: "a vector index file cannot be read or written, or is truncated, corrupted or of an unsupported version (names the file and what is wrong)"},
 	{Code: CodeWorkerNotFound, HTTPStatus: 503, Meaning: "no worker binary (names `CUDA_WORKER_PATH` or where it looked)"},
 	{Code: CodeWorkerSpawn, HTTPStatus: 503, Meaning: "the worker could not be started"},
 	{Code: CodeWorkerTimeout, HTTPStatus: 504, Meaning: "the worker did not answer in time (its process group is killed)"},

@@ -52,6 +52,8 @@ error_codes! {
     UnknownType = "E_UNKNOWN_TYPE", 404, "no local runner and no worker for this job type";
     UnknownModel = "E_UNKNOWN_MODEL", 404, "the requested model is not loaded and no worker is configured";
     Model = "E_MODEL", 503, "no model, or model files missing or malformed (names file and field)";
+    /// `VectorIndex::save` / `VectorIndex::load` (docs/vector-search-format.md).
+    Index = "E_INDEX", 422, "a vector index file cannot be read or written, or is truncated, corrupted or of an unsupported version (names the file and what is wrong)";
     WorkerNotFound = "E_WORKER_NOT_FOUND", 503, "no worker binary (names `CUDA_WORKER_PATH` or where it looked)";
     WorkerSpawn = "E_WORKER_SPAWN", 503, "the worker could not be started";
     WorkerTimeout = "E_WORKER_TIMEOUT", 504, "the worker did not answer in time (its process group is killed)";
