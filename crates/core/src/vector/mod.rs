@@ -28,6 +28,7 @@
 //! Exactness rules, limits and the file format: docs/vector-search.md.
 
 mod cpu;
+mod file;
 pub(crate) mod store;
 
 use std::collections::HashMap;
