@@ -84,6 +84,8 @@ export interface Health {
     in_flight: number
     health: Health | null
   }
+  /** The engine's named vector indexes (`engine.createIndex`, `cuda-service --index`). */
+  indexes: Array<IndexInfo & { name: string }>
   /** Reasons for `degraded` / `error`, and notes such as why CUDA is unavailable. */
   errors: string[]
 }
@@ -245,12 +247,72 @@ export interface ErrorCodeInfo {
 export declare function embed(text: string, options?: EmbedOptions): Promise<Float32Array>
 export declare function embed(texts: string[], options?: EmbedOptions): Promise<Float32Array[]>
 
-/** `embed` as overloads (merged into the generated `class Engine`). */
+/** `embed` and `search` as overloads (merged into the generated `class Engine`). */
 export interface Engine {
   /** Embed one text with this engine's model. */
   embed(text: string, options?: EmbedOptions): Promise<Float32Array>
   /** Embed many texts, in order. */
   embed(texts: string[], options?: EmbedOptions): Promise<Float32Array[]>
+  /** Embed `text` with this engine's model and search the index `options.index`. */
+  search(text: string, options: EngineSearchOptions): Promise<SearchResult>
+  /** Embed and search many texts: one result per text, in order. */
+  search(texts: string[], options: EngineSearchOptions): Promise<SearchResult[]>
+}
+
+/** `VectorIndex.create()` / `engine.createIndex()` options (docs/vector-search.md). */
+export interface IndexOptions {
+  /** Values per vector, 1..=4096. */
+  dims: number
+  /** Default `'cosine'` (vectors and queries normalized; score = dot product). `'l2'` scores are squared distances, lowest first. */
+  metric?: 'cosine' | 'ip' | 'l2'
+  /** Storage dtype, default `'fp16'`; scores are computed in fp32 either way. */
+  dtype?: 'fp16' | 'fp32'
+  /** `'auto'` (default: the model's GPU on an engine, else CUDA device 0, else the CPU) | `'cuda'` | `'cpu'` | a device index. */
+  device?: 'auto' | 'cuda' | 'cpu' | number
+  /** Rows reserved at creation (default 1,024); storage doubles as needed. */
+  capacity?: number
+  /** Most bytes of vector storage (default 32 GiB); over: `E_TOO_LARGE`. */
+  maxBytes?: number
+}
+
+/** `index.search()` options. */
+export interface SearchOptions {
+  /** Results per query, 1..=2048 (default 10). */
+  k?: number
+  /** Only vectors upserted with this namespace. */
+  namespace?: string
+}
+
+/** `engine.search()` options. */
+export interface EngineSearchOptions extends SearchOptions {
+  /** The name of one of this engine's indexes. */
+  index: string
+  signal?: AbortSignal
+  timeoutMs?: number
+}
+
+/** One query's results, best first (ties: insertion order). */
+export interface SearchResult {
+  /** String ids, or a BigUint64Array for integer ids. */
+  ids: string[] | BigUint64Array
+  /** ip / cosine: the dot product; l2: the squared distance. */
+  scores: Float32Array
+}
+
+/** `index.info()` and health's `indexes`. */
+export interface IndexInfo {
+  dims: number
+  metric: 'cosine' | 'ip' | 'l2'
+  dtype: 'fp16' | 'fp32'
+  /** `'cpu'` or `'cuda:N'`. */
+  device: string
+  /** Live vectors. */
+  count: number
+  /** Rows the storage holds memory for. */
+  capacity: number
+  /** Bytes of vector storage held (device memory on a GPU). */
+  bytes: number
+  namespaces: number
 }
 
 /** Open Inference Protocol (KServe v2) tensor datatypes. */
@@ -344,6 +406,15 @@ export declare class Engine {
   /** Metadata of this engine's models. */
   models(): Promise<ModelMetadata[]>
   /**
+   * Create a vector index named `name` on this engine (`device: 'auto'`:
+   * on the model's GPU, through the executor that runs the model).
+   */
+  createIndex(name: string, options: IndexOptions): Promise<VectorIndex>
+  /** The index named `name`, or null. */
+  index(name: string): VectorIndex | null
+  /** Forget the index named `name`; true when there was one. */
+  dropIndex(name: string): boolean
+  /**
    * Open an engine. Rejects with a coded error for bad options, a missing
    * model, or `device: 'cuda'` where CUDA is unavailable.
    */
@@ -357,6 +428,49 @@ export declare class Engine {
    * Idempotent.
    */
   close(options?: CloseOptions): Promise<void>
+}
+
+/** An exact vector index on a GPU or the CPU. */
+export declare class VectorIndex {
+  /**
+   * Create an empty index: `{ dims, metric?, dtype?, device?, capacity?,
+   * maxBytes? }`.
+   */
+  static create(options: IndexOptions): Promise<VectorIndex>
+  /**
+   * Insert or replace vectors: `ids` (strings, or bigints / integers),
+   * `vectors` (one Float32Array of ids.length × dims, or an array of
+   * Float32Array), `{ namespaces }` (one string or null per id).
+   */
+  upsert(ids: Array<string | bigint | number> | BigUint64Array, vectors: Float32Array | Float32Array[], options?: { namespaces?: Array<string | null | undefined> }): Promise<void>
+  /** Remove ids; resolves to how many were present. */
+  remove(ids: Array<string | bigint | number> | BigUint64Array): Promise<number>
+  /**
+   * The stored vectors (normalized for cosine, rounded for fp16) with
+   * their namespaces; null for an absent id.
+   */
+  get(ids: Array<string | bigint | number> | BigUint64Array): Promise<Array<{ vector: Float32Array; namespace: string | null } | null>>
+  /**
+   * The best `k` vectors for each query (`queries`: one Float32Array of
+   * n × dims, or an array of Float32Array), best first, within
+   * `namespace` when given. Resolves to one `{ ids, scores }` per query.
+   */
+  search(queries: Float32Array | Float32Array[], options?: SearchOptions): Promise<SearchResult[]>
+  /** Live vectors. */
+  get size(): number
+  /** Values per vector. */
+  get dims(): number
+  /** `'cosine'`, `'ip'` or `'l2'`. */
+  get metric(): string
+  /** `'fp16'` or `'fp32'`. */
+  get dtype(): string
+  /** `'cpu'` or `'cuda:N'`. */
+  get device(): string
+  /**
+   * Counts and sizes: `{ dims, metric, dtype, device, count, capacity,
+   * bytes, namespaces }`.
+   */
+  info(): Promise<IndexInfo>
 }
 
 /** Every candidate discovery checks, in order (what `health().cuda_path` shows). */

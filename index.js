@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.Engine = nativeBinding.Engine
+module.exports.VectorIndex = nativeBinding.VectorIndex
 module.exports.discoveryCandidates = nativeBinding.discoveryCandidates
 module.exports.embed = nativeBinding.embed
 module.exports.errorCodes = nativeBinding.errorCodes

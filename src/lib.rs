@@ -7,6 +7,7 @@ mod error;
 mod hub;
 mod infer;
 mod task;
+mod vector;
 
 use std::sync::Arc;
 

@@ -187,6 +187,11 @@ impl Embedder {
         self.backend.status()
     }
 
+    /// The executor of the GPU the model runs on (None on the CPU).
+    pub fn gpu_tasks(&self) -> Option<crate::backend::cuda::GpuTasks> {
+        self.backend.gpu_tasks()
+    }
+
     /// Why the requested device is not the one in use (device `auto` fell
     /// back to the CPU), for health's `errors`.
     pub fn backend_note(&self) -> Option<&str> {

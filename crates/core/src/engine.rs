@@ -15,11 +15,13 @@ use crate::embedder::{EmbedOptions, Embedder};
 use crate::envelope::{self, Encoding, Envelope, Limits, Payload, RawEnvelope};
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
-use crate::health::{Health, QueueHealth, Status, WorkerStatus};
+use crate::health::{Health, IndexHealth, QueueHealth, Status, WorkerStatus};
 use crate::infer::{self, InferRequest, InferResponse, ModelMetadata};
 use crate::isolation::{Isolated, IsolationHealth};
 use crate::jobs::{BackendKind, JobOutput, JobResult, JobType, Target, Timings};
 pub use crate::options::{EngineConfig, Isolation, ModelLoading};
+use crate::vector::request::{results_to_json, SearchQuery, SearchRequest};
+use crate::vector::{GpuPlacement, IndexConfig, Placement, SearchHits, VectorIndex};
 use crate::worker::{Worker, WorkerConfig, WorkerMode};
 
 /// Envelopes bigger than this are decoded on a blocking thread so a 64 MiB
@@ -96,7 +98,12 @@ pub struct Engine {
     /// `isolation: 'process'`: the supervised process the model runs in
     /// (then `embedder` stays None: nothing is loaded here).
     isolated: Option<Isolated>,
+    /// Named vector indexes (`engine.createIndex`, `--index name=path`).
+    indexes: Mutex<std::collections::BTreeMap<String, Arc<VectorIndex>>>,
 }
+
+/// Most named indexes on one engine.
+pub const MAX_INDEXES: usize = 256;
 
 /// Where a decoded job runs.
 enum Route {
@@ -163,6 +170,7 @@ impl Engine {
             model_error: Mutex::new(None),
             worker,
             isolated,
+            indexes: Mutex::new(Default::default()),
         };
         if load_now {
             let embedder = Embedder::open(engine.config.embedder.clone())?;
@@ -223,6 +231,130 @@ impl Engine {
             return self.guard(iso.embed(texts, opts, call.timeout, cancel), &untimed).await;
         }
         self.guard(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call).await
+    }
+
+    /// Create a named vector index on this engine. `device: 'auto'` puts it
+    /// where the model runs (on that GPU's executor) when the model is
+    /// loaded, else on CUDA device 0 when there is one, else on the CPU.
+    pub async fn create_index(&self, name: &str, mut config: IndexConfig) -> Result<Arc<VectorIndex>> {
+        self.check_index_name(name)?;
+        let gpu = self.index_placement(&mut config);
+        let index = tokio::task::spawn_blocking(move || VectorIndex::create(config, gpu))
+            .await
+            .map_err(|e| CoreError::internal(format!("index creation task failed: {e}")))??;
+        self.add_index(name, index.clone())?;
+        Ok(index)
+    }
+
+    /// The GPU executor an index of this engine should use, with `auto`
+    /// resolved to the model's device (or the CPU when the engine's own
+    /// device is the CPU).
+    pub fn index_placement(&self, config: &mut IndexConfig) -> Option<GpuPlacement> {
+        let embedder = lock(&self.embedder).clone();
+        let tasks = embedder.and_then(|e| e.gpu_tasks());
+        if config.device == DevicePreference::Auto {
+            if let Some(t) = &tasks {
+                config.device = DevicePreference::Cuda(Some(t.device()));
+            } else if self.config.device == DevicePreference::Cpu {
+                config.device = DevicePreference::Cpu;
+            }
+        }
+        tasks.map(GpuPlacement::Tasks)
+    }
+
+    fn check_index_name(&self, name: &str) -> Result<()> {
+        if name.is_empty()
+            || name.len() > 128
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            return Err(err!(
+                InvalidArg,
+                "`name` must be 1..=128 characters of A-Z, a-z, 0-9, '_', '.', '-', got {name:?}"
+            ));
+        }
+        if self.is_closed() {
+            return Err(err!(Closed, "this Engine is closed; open a new one"));
+        }
+        if self.isolated.is_some() {
+            return Err(err!(
+                InvalidArg,
+                "vector indexes are not available with `isolation: 'process'` yet (docs/vector-search.md)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Register an index (e.g. one loaded from a file) under `name`.
+    pub fn add_index(&self, name: &str, index: Arc<VectorIndex>) -> Result<()> {
+        self.check_index_name(name)?;
+        let mut all = lock(&self.indexes);
+        if all.contains_key(name) {
+            return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
+        }
+        if all.len() >= MAX_INDEXES {
+            return Err(err!(TooLarge, "an engine holds at most {MAX_INDEXES} named indexes"));
+        }
+        all.insert(name.to_string(), index);
+        Ok(())
+    }
+
+    /// The index named `name`, if any.
+    pub fn index(&self, name: &str) -> Option<Arc<VectorIndex>> {
+        lock(&self.indexes).get(name).cloned()
+    }
+
+    /// Forget the index named `name` (its memory goes when no caller holds
+    /// it); true when there was one.
+    pub fn drop_index(&self, name: &str) -> bool {
+        lock(&self.indexes).remove(name).is_some()
+    }
+
+    fn named_index(&self, name: &str) -> Result<Arc<VectorIndex>> {
+        self.index(name).ok_or_else(|| {
+            let names: Vec<String> = lock(&self.indexes).keys().cloned().collect();
+            err!(
+                InvalidArg,
+                "`index`: this engine has no vector index named {name:?} (it has: {})",
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )
+        })
+    }
+
+    /// Search a named index with vectors, or with texts embedded by this
+    /// engine's model first (the vectors never pass through JS).
+    /// Admission, timeout and AbortSignal as for `embed`.
+    pub async fn search(&self, req: SearchRequest, call: CallOptions) -> Result<Vec<SearchHits>> {
+        let _slot = self.admit()?;
+        if call.cancel.is_cancelled() {
+            return Err(CoreError::cancelled());
+        }
+        let cancel = call.cancel.clone();
+        self.guard(self.vector_search(req, cancel), &call).await
+    }
+
+    async fn vector_search(&self, req: SearchRequest, cancel: CancellationToken) -> Result<Vec<SearchHits>> {
+        let index = self.named_index(&req.index)?;
+        let dims = index.config().dims;
+        let values = match req.query {
+            SearchQuery::Vectors { values, .. } => values,
+            SearchQuery::Texts(texts) => {
+                let embedder = self.embedder().await?;
+                if embedder.info().dims != dims {
+                    return Err(err!(
+                        InvalidArg,
+                        "`index` {:?} holds {dims}-dimensional vectors but the model embeds {}",
+                        req.index,
+                        embedder.info().dims
+                    ));
+                }
+                let vectors = embedder.embed(texts, EmbedOptions::default(), cancel).await?;
+                vectors.concat()
+            }
+        };
+        let (k, namespace) = (req.k, req.namespace);
+        tokio::task::spawn_blocking(move || index.search(values, k, namespace.as_deref()))
+            .await
+            .map_err(|e| CoreError::internal(format!("search task failed: {e}")))?
     }
 
     /// How this engine runs its model: `in-process` or `process`.
@@ -350,7 +482,7 @@ impl Engine {
             None => None,
         };
         match (job, configured) {
-            (JobType::Echo | JobType::Embedding, _) => Ok(Route::Local),
+            (JobType::Echo | JobType::Embedding | JobType::VectorSearch, _) => Ok(Route::Local),
             (JobType::Inference | JobType::Other(_), Some(worker)) if target == Target::Auto => Ok(Route::Worker(worker)),
             (JobType::Inference, _) => Err(err!(
                 InvalidArg,
@@ -405,6 +537,17 @@ impl Engine {
                     infer::run(&embedder, req, call.cancel.clone()).await?.to_json()
                 };
                 (JobOutput::Json(output), "json", backend)
+            }
+            JobType::VectorSearch => {
+                let Payload::Json(payload) = envelope.payload else {
+                    return Err(err!(InvalidArg, "a vector_search payload must be JSON, not raw bytes"));
+                };
+                let req = SearchRequest::from_json(&payload, self.config.embedder.max_texts_per_call)?;
+                let (index, k) = (req.index.clone(), req.k);
+                let placement = self.named_index(&index)?.placement();
+                let hits = self.vector_search(req, call.cancel.clone()).await?;
+                let backend = if placement == Placement::Cpu { BackendKind::Cpu } else { BackendKind::Cuda };
+                (JobOutput::Json(results_to_json(&index, k, &hits)), "json", backend)
             }
             JobType::Other(_) => {
                 return Err(CoreError::internal("route() sent a job without a local runner to run_local"))
@@ -619,7 +762,17 @@ impl Engine {
             errors.push("engine: closed".into());
         }
         let isolated_report = isolation.health.as_ref();
+        let named: Vec<(String, Arc<VectorIndex>)> =
+            lock(&self.indexes).iter().map(|(n, i)| (n.clone(), i.clone())).collect();
+        let mut indexes = Vec::with_capacity(named.len());
+        for (name, index) in named {
+            match index.info() {
+                Ok(info) => indexes.push(IndexHealth { name, info }),
+                Err(e) => errors.push(format!("index {name}: {e}")),
+            }
+        }
         Health {
+            indexes,
             status,
             version: crate::VERSION,
             cuda_available: probe.available,
@@ -669,6 +822,7 @@ impl Engine {
         let _serialized = self.loading.lock().await;
         let model = lock(&self.embedder).take();
         drop(model);
+        std::mem::take(&mut *lock(&self.indexes));
         release_freed_memory();
     }
 

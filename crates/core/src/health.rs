@@ -97,9 +97,20 @@ pub struct Health {
     /// Where the model runs (`isolation`), and with `'process'` the isolated
     /// process: pid, restarts, its own report (docs/design.md "Health").
     pub isolation: IsolationHealth,
+    /// The engine's named vector indexes: name, dims, metric, dtype,
+    /// device, count, capacity, bytes, namespaces.
+    pub indexes: Vec<IndexHealth>,
     /// Human-readable reasons for `degraded` / `error`, and notes such as why
     /// CUDA is unavailable.
     pub errors: Vec<String>,
+}
+
+/// One named vector index in [`Health`].
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IndexHealth {
+    pub name: String,
+    #[serde(flatten)]
+    pub info: crate::vector::IndexInfo,
 }
 
 impl Health {

@@ -87,6 +87,8 @@ pub enum JobType {
     Echo,
     Embedding,
     Inference,
+    /// Search a named vector index of the engine (docs/vector-search.md).
+    VectorSearch,
     /// Anything else: only a worker can run it.
     Other(String),
 }
@@ -97,6 +99,7 @@ impl JobType {
             "echo" => JobType::Echo,
             "embedding" | "embed" => JobType::Embedding,
             "inference" | "infer" => JobType::Inference,
+            "vector_search" | "search" => JobType::VectorSearch,
             other => JobType::Other(other.to_string()),
         }
     }
@@ -106,6 +109,7 @@ impl JobType {
             JobType::Echo => "echo",
             JobType::Embedding => "embedding",
             JobType::Inference => "inference",
+            JobType::VectorSearch => "vector_search",
             JobType::Other(s) => s,
         }
     }

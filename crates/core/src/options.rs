@@ -31,6 +31,7 @@ use crate::embedder::EmbedderOptions;
 use crate::envelope::Limits;
 use crate::err;
 use crate::error::Result;
+use crate::vector::{Dtype as VectorDtype, IndexConfig, Metric};
 use crate::worker::{BinaryFormat, WorkerConfig, WorkerMode, MAX_POOL_SIZE};
 
 /// `EngineOptions` as users write it (JS object, JSON). Every field is
@@ -109,6 +110,73 @@ pub struct WorkerOptions {
     pub restart_delay_ms: Option<u64>,
     /// Persistent mode: ceiling of that doubling delay (default 10,000 ms).
     pub max_restart_delay_ms: Option<u64>,
+}
+
+/// `VectorIndex.create(options)` / `engine.createIndex(name, options)`
+/// (docs/vector-search.md). Read with the same rules as [`EngineOptions`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IndexOptions {
+    /// Values per vector, 1..=4096 (required).
+    pub dims: Option<u64>,
+    /// `'cosine'` (default) | `'ip'` | `'l2'`.
+    pub metric: Option<String>,
+    /// Storage: `'fp16'` (default) | `'fp32'`. Scores are fp32 either way.
+    pub dtype: Option<String>,
+    /// `'auto'` (default: the model's GPU on an engine, else CUDA device 0,
+    /// else the CPU) | `'cuda'` | `'cpu'` | a device index.
+    pub device: Option<Value>,
+    /// Rows reserved at creation (default 1,024); grown by doubling.
+    pub capacity: Option<u64>,
+    /// Most bytes of vector storage (default 32 GiB): upserts beyond it are
+    /// `E_TOO_LARGE`.
+    pub max_bytes: Option<u64>,
+}
+
+/// Default `IndexOptions.maxBytes`.
+pub const DEFAULT_INDEX_MAX_BYTES: u64 = 32 << 30;
+
+impl IndexOptions {
+    /// Read options from JSON; unknown keys and wrong types name the key.
+    pub fn from_json(value: &Value) -> Result<IndexOptions> {
+        match value {
+            Value::Object(obj) => {
+                check_keys(obj.keys().map(String::as_str), &Self::field_names(), "options")?;
+                deserialize(value, "options")
+            }
+            Value::Null => Err(err!(InvalidArg, "`options.dims` is required")),
+            other => Err(err!(InvalidArg, "`options` must be an object, got {}", crate::envelope::json_kind(other))),
+        }
+    }
+
+    pub fn field_names() -> Vec<String> {
+        field_names_of(&IndexOptions::default())
+    }
+
+    /// Apply defaults and check ranges.
+    pub fn into_config(self) -> Result<IndexConfig> {
+        let dims = int(self.dims, "dims", 1, crate::vector::MAX_DIMS as u64)?
+            .ok_or_else(|| err!(InvalidArg, "`options.dims` is required (values per vector)"))?;
+        let metric = match self.metric.as_deref() {
+            None => Metric::Cosine,
+            Some(m) => Metric::parse(m)
+                .ok_or_else(|| err!(InvalidArg, "`options.metric` must be 'cosine', 'ip' or 'l2', got {m:?}"))?,
+        };
+        let dtype = match self.dtype.as_deref() {
+            None => VectorDtype::F16,
+            Some(d) => VectorDtype::parse(d)
+                .ok_or_else(|| err!(InvalidArg, "`options.dtype` must be 'fp16' or 'fp32', got {d:?}"))?,
+        };
+        let max_bytes = int(self.max_bytes, "maxBytes", 1, 1 << 50)?.map_or(DEFAULT_INDEX_MAX_BYTES, |n| n as u64);
+        Ok(IndexConfig {
+            dims,
+            metric,
+            dtype,
+            device: parse_device(self.device.as_ref())?,
+            capacity: int(self.capacity, "capacity", 1, 1 << 32)?.unwrap_or(1024),
+            max_bytes,
+        })
+    }
 }
 
 /// `CallOptions` keys (read by the binding: `signal` is a JS object).
@@ -594,6 +662,21 @@ mod tests {
         let c = EngineOptions::from_json(&json!({ "isolation": "in-process" })).and_then(EngineOptions::into_config);
         assert_eq!(c.unwrap().isolation.mode, Isolation::InProcess);
         assert_eq!(EngineConfig::default().isolation.mode, Isolation::InProcess);
+    }
+
+    #[test]
+    fn index_options_apply_defaults_and_name_bad_keys() {
+        let c = IndexOptions::from_json(&json!({ "dims": 384 })).and_then(IndexOptions::into_config).unwrap();
+        assert_eq!((c.dims, c.metric, c.dtype, c.capacity), (384, Metric::Cosine, VectorDtype::F16, 1024));
+        assert_eq!(c.max_bytes, DEFAULT_INDEX_MAX_BYTES);
+        let e = |v: Value| IndexOptions::from_json(&v).and_then(IndexOptions::into_config).unwrap_err().message;
+        assert!(e(json!({ "dims": 4, "metrik": "ip" })).contains("did you mean `metric`"));
+        assert!(e(json!({ "dims": 4, "metric": "dot" })).contains("`options.metric` must be"));
+        assert!(e(json!({ "dims": 0 })).contains("`options.dims`"));
+        assert!(e(json!({ "metric": "ip" })).contains("`options.dims` is required"));
+        assert!(e(json!({ "dims": 4, "dtype": "bf16" })).contains("`options.dtype`"));
+        assert!(e(json!({ "dims": 4, "device": "gpu" })).contains("`options.device`"));
+        assert!(e(json!({ "dims": "4" })).contains("`options.dims`"));
     }
 
     #[test]

@@ -182,4 +182,10 @@ pub trait Backend: Send + Sync {
     fn status(&self) -> BackendStatus {
         BackendStatus { backend: self.name(), dtype: "fp32", ..Default::default() }
     }
+
+    /// The executor that owns this backend's GPU, for other work on that
+    /// device (a vector index next to the model). None on the CPU.
+    fn gpu_tasks(&self) -> Option<cuda::GpuTasks> {
+        None
+    }
 }

@@ -29,6 +29,7 @@
 
 mod cpu;
 mod file;
+pub mod request;
 pub(crate) mod store;
 
 use std::collections::HashMap;

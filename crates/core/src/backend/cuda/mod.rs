@@ -425,6 +425,10 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn gpu_tasks(&self) -> Option<GpuTasks> {
+        self.tasks()
+    }
+
     fn forward(&self, batch: &TokenBatch, want_last_hidden: bool) -> Result<ForwardOutput> {
         if let Some(why) = self.shared.fault() {
             return Err(err!(CudaFault, "the CUDA context is unusable after an earlier fault: {why}"));
