@@ -410,6 +410,11 @@ export declare class Engine {
    * on the model's GPU, through the executor that runs the model).
    */
   createIndex(name: string, options: IndexOptions): Promise<VectorIndex>
+  /**
+   * Load an index file as the index named `name` (placed as
+   * `createIndex` places one).
+   */
+  loadIndex(name: string, path: string, options?: { device?: 'auto' | 'cuda' | 'cpu' | number }): Promise<VectorIndex>
   /** The index named `name`, or null. */
   index(name: string): VectorIndex | null
   /** Forget the index named `name`; true when there was one. */
@@ -456,6 +461,19 @@ export declare class VectorIndex {
    * `namespace` when given. Resolves to one `{ ids, scores }` per query.
    */
   search(queries: Float32Array | Float32Array[], options?: SearchOptions): Promise<SearchResult[]>
+  /**
+   * Write the index to `path` (docs/vector-search-format.md): a temporary
+   * file in the same directory, fsynced, then renamed over `path`, so a
+   * crash never leaves half an index there. Resolves to `{ path, bytes,
+   * count, sha256 }`.
+   */
+  save(path: string): Promise<{ path: string; bytes: number; count: number; sha256: string }>
+  /**
+   * Load an index saved by `save` onto `options.device` (default
+   * `'auto'`: CUDA device 0 when there is one, else the CPU). A truncated
+   * or corrupted file rejects with `E_INDEX`.
+   */
+  static load(path: string, options?: { device?: 'auto' | 'cuda' | 'cpu' | number }): Promise<VectorIndex>
   /** Live vectors. */
   get size(): number
   /** Values per vector. */

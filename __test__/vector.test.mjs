@@ -270,3 +270,112 @@ test('cuda: an index next to the model runs on its GPU', { skip: gpuSkip }, asyn
   const info = await engine.health()
   assert.equal(info.indexes[0].device, 'cuda:0')
 })
+
+test('save → load gives identical results; a damaged file is E_INDEX; engine.loadIndex', async (t) => {
+  const fs = await import('node:fs')
+  const os = await import('node:os')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vector-test-'))
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const dims = 16, n = 500
+  for (const dtype of ['fp16', 'fp32']) {
+    const index = await VectorIndex.create({ dims, dtype, device: 'cpu' })
+    await index.upsert(Array.from({ length: n }, (_, i) => BigInt(i * 7)), randoms(n * dims, 3), {
+      namespaces: Array.from({ length: n }, (_, i) => (i % 2 ? 'odd' : null)),
+    })
+    await index.remove([7n, 14n])
+    const file = path.join(dir, `${dtype}.cevi`)
+    const saved = await index.save(file)
+    assert.equal(saved.count, n - 2)
+    assert.equal(saved.bytes, fs.statSync(file).size)
+    assert.match(saved.sha256, /^[0-9a-f]{64}$/)
+    assert.deepEqual(fs.readdirSync(dir).filter((f) => !f.endsWith('.cevi')), []) // no temp file left
+    const loaded = await VectorIndex.load(file, { device: 'cpu' })
+    assert.equal(loaded.size, n - 2)
+    assert.equal(loaded.dtype, dtype)
+    const q = randoms(5 * dims, 9)
+    for (const namespace of [undefined, 'odd']) {
+      const [a, b] = [await index.search(q, { k: 20, namespace }), await loaded.search(q, { k: 20, namespace })]
+      assert.deepEqual(b.map((r) => [...r.ids]), a.map((r) => [...r.ids]))
+      assert.deepEqual(b.map((r) => [...r.scores]), a.map((r) => [...r.scores]))
+    }
+  }
+  const good = fs.readFileSync(path.join(dir, 'fp32.cevi'))
+  const cut = path.join(dir, 'cut.bin')
+  fs.writeFileSync(cut, good.subarray(0, good.length >> 1))
+  let err = await rejection(VectorIndex.load(cut))
+  assert.equal(err.code, 'E_INDEX')
+  const flipped = Buffer.from(good)
+  flipped[100] ^= 0x40
+  fs.writeFileSync(cut, flipped)
+  err = await rejection(VectorIndex.load(cut))
+  assert.equal(err.code, 'E_INDEX')
+  err = await rejection(VectorIndex.load(path.join(dir, 'missing.cevi')))
+  assert.equal(err.code, 'E_INDEX')
+  err = await rejection(VectorIndex.load(42))
+  assert.equal(err.code, 'E_INVALID_ARG')
+  err = await rejection(VectorIndex.load(cut, { devise: 'cpu' }))
+  assert.match(err.message, /did you mean `device`/)
+
+  const engine = await Engine.open({ model: modelDir, device: 'cpu' })
+  t.after(() => engine.close())
+  const idx = await engine.loadIndex('saved', path.join(dir, 'fp16.cevi'))
+  assert.equal(idx.size, n - 2)
+  assert.equal(engine.index('saved').dims, dims)
+  err = await rejection(engine.loadIndex('saved', path.join(dir, 'fp16.cevi')))
+  assert.match(err.message, /already has an index named "saved"/)
+})
+
+test('cuda-service --index NAME=PATH serves POST /api/v1/search and vector_search jobs', async (t) => {
+  const fs = await import('node:fs')
+  const os = await import('node:os')
+  const { spawn } = await import('node:child_process')
+  const readline = await import('node:readline')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vector-svc-'))
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const engine = await Engine.open({ model: modelDir, device: 'cpu' })
+  const texts = ['the cat sat on the mat', 'stock markets fell sharply today', 'a recipe for tomato soup']
+  const index = await VectorIndex.create({ dims: 384, device: 'cpu' })
+  await index.upsert(['cat', 'stocks', 'soup'], await engine.embed(texts))
+  await engine.close()
+  const file = path.join(dir, 'docs.cevi')
+  await index.save(file)
+  const bin = path.join(root, 'bin/cuda-service.mjs')
+  const options = JSON.stringify({ model: modelDir, device: 'cpu' })
+  const start = (args) => {
+    const child = spawn(process.execPath, [bin, '--port', '0', '--no-log', '--options', options, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let stderr = ''
+    child.stderr.on('data', (d) => (stderr += d))
+    const url = new Promise((resolve, reject) => {
+      readline.createInterface({ input: child.stdout }).once('line', (l) => resolve(JSON.parse(l).listening))
+      child.once('exit', (code) => reject(Object.assign(new Error(`exited ${code}: ${stderr}`), { code, stderr: () => stderr })))
+    })
+    return { child, url }
+  }
+  const svc = start(['--index', `docs=${file}`])
+  t.after(() => svc.child.kill('SIGTERM'))
+  const url = await svc.url
+  const search = async (body) => {
+    const res = await fetch(`${url}/api/v1/search`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })
+    return { status: res.status, json: await res.json() }
+  }
+  let r = await search({ index: 'docs', k: 2, text: 'how do I make soup' })
+  assert.equal(r.status, 200)
+  assert.deepEqual(r.json.results[0].ids[0], 'soup')
+  assert.equal(r.json.results[0].scores.length, 2)
+  r = await search({ index: 'docs', texts: ['kitten', 'shares dropped'], k: 1 })
+  assert.deepEqual(r.json.results.map((x) => x.ids[0]), ['cat', 'stocks'])
+  r = await search({ index: 'nope', text: 'x' })
+  assert.equal(r.status, 400)
+  assert.equal(r.json.error.code, 'E_INVALID_ARG')
+  const job = await fetch(`${url}/api/v1/submit`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ type: 'vector_search', payload: { index: 'docs', text: 'soup', k: 1 } }) })
+  assert.deepEqual((await job.json()).result.results[0].ids, ['soup'])
+  const health = await (await fetch(`${url}/api/v1/health`)).json()
+  assert.deepEqual(health.indexes.map((i) => [i.name, i.count]), [['docs', 3]])
+  // A damaged index file: the service does not start, and says why.
+  fs.writeFileSync(path.join(dir, 'bad.cevi'), 'CEVI nonsense')
+  const bad = start(['--index', `docs=${path.join(dir, 'bad.cevi')}`])
+  const err = await bad.url.then(() => null, (e) => e)
+  assert.ok(err, 'the service must not start with a damaged index')
+  assert.equal(err.code, 1)
+  assert.match(err.stderr(), /E_INDEX/)
+})

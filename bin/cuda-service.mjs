@@ -51,6 +51,8 @@ const VALUE_FLAGS = [
   ['--allow-host', 'allowHosts', ['CUDA_SERVICE_ALLOW_HOSTS'], '', 'list'],
   ['--token-file', 'tokenFile', ['CUDA_SERVICE_TOKEN_FILE'], undefined, 'string'],
   ['--worker', 'worker', [], undefined, 'string'],
+  // NAME=PATH, repeatable: vector index files loaded at start, searched with vector_search jobs.
+  ['--index', 'indexes', ['CUDA_SERVICE_INDEXES'], '', 'list'],
   ['--options', 'options', ['CUDA_ENGINE_OPTIONS'], '{}', 'json'],
 ]
 /** Switches: [flag, config key, value it sets]. */
@@ -73,7 +75,7 @@ export function parseArgs(argv, env) {
     allowAnyContentType: envFlag(env.CUDA_SERVICE_ALLOW_ANY_CONTENT_TYPE),
     log: env.CUDA_SERVICE_LOG === undefined ? true : envFlag(env.CUDA_SERVICE_LOG),
   }
-  const lists = { allowOrigins: [], allowHosts: [] }
+  const lists = { allowOrigins: [], allowHosts: [], indexes: [] }
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i]
     if (k === '--help' || k === '-h') {
@@ -102,6 +104,16 @@ export function parseArgs(argv, env) {
       const ok = Number.isSafeInteger(n) && (kind === 'port' ? n >= 0 && n <= 65535 : n >= 1)
       if (!ok) fail(`${what} must be ${kind === 'port' ? '0..65535' : 'a positive integer'}, got ${v}`)
       cfg[key] = n
+    } else if (key === 'indexes') {
+      cfg[key] = String(v)
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean)
+        .map((spec) => {
+          const m = /^([A-Za-z0-9_.-]{1,128})=(.+)$/.exec(spec)
+          if (!m) fail(`${what} takes NAME=PATH (NAME of A-Z a-z 0-9 _ . -), got ${JSON.stringify(spec)}`)
+          return { name: m[1], path: m[2] }
+        })
     } else if (kind === 'list') {
       cfg[key] = String(v)
         .split(',')
@@ -213,6 +225,14 @@ export async function startService(config) {
   let stopping = false
 
   const engine = await Engine.open(cfg.options)
+  for (const { name, path } of cfg.indexes ?? []) {
+    try {
+      await engine.loadIndex(name, path)
+    } catch (err) {
+      await engine.close({ drainMs: 0 })
+      throw err
+    }
+  }
 
   /** Read the body into memory, bounded by size, progress time and the shared budget. */
   function readBody(req, ctx) {
@@ -336,7 +356,23 @@ export async function startService(config) {
       const result = await engine.submit(new Uint8Array(body.buffer, body.byteOffset, body.length), callOpts)
       return send(res, 200, wireResult(result))
     }
-    throw new HttpError(404, 'E_INVALID_ARG', `no route ${req.method} ${url.pathname} (routes: GET /livez, GET /api/v1/health, POST /api/v1/submit)`)
+    if (url.pathname === '/api/v1/search') {
+      // A vector_search payload as the body: { index, k?, namespace?, vector | vectors | text | texts }.
+      if (req.method !== 'POST') throw new HttpError(405, 'E_INVALID_ARG', 'use POST /api/v1/search with a JSON vector_search payload', { allow: 'POST' })
+      const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
+      if (!cfg.allowAnyContentType && type !== 'application/json')
+        throw new HttpError(415, 'E_UNSUPPORTED_MEDIA_TYPE', `the body must be JSON sent as "Content-Type: application/json", got ${JSON.stringify(req.headers['content-type'] ?? null)}`, CLOSE)
+      const body = await readBody(req, ctx)
+      const abort = new AbortController()
+      res.on('close', () => {
+        if (!res.writableFinished) abort.abort()
+      })
+      // The body stays bytes: the engine parses (and limits) the envelope around it.
+      const envelope = Buffer.concat([Buffer.from('{"type":"vector_search","payload":'), body, Buffer.from('}')])
+      const result = await engine.submit(new Uint8Array(envelope.buffer, envelope.byteOffset, envelope.length), { signal: abort.signal })
+      return send(res, 200, result.result)
+    }
+    throw new HttpError(404, 'E_INVALID_ARG', `no route ${req.method} ${url.pathname} (routes: GET /livez, GET /api/v1/health, POST /api/v1/submit, POST /api/v1/search)`)
   }
 
   function send(res, status, body, headers = {}) {

@@ -176,6 +176,59 @@ impl VectorIndex {
         )
     }
 
+    /// Write the index to `path` (docs/vector-search-format.md): a temporary
+    /// file in the same directory, fsynced, then renamed over `path`, so a
+    /// crash never leaves half an index there. Resolves to `{ path, bytes,
+    /// count, sha256 }`.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "path: string",
+        ts_return_type = "Promise<{ path: string; bytes: number; count: number; sha256: string }>"
+    )]
+    pub fn save<'e>(&self, env: &'e Env, path: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+        let path = read_path(raw(env, &path));
+        let index = self.inner.clone();
+        spawn_job(
+            env,
+            Ok(ParsedCall::default()),
+            move |_| {
+                blocking(move || {
+                    let saved = index.save(&path?)?;
+                    Ok(serde_json::json!({
+                        "path": saved.path.display().to_string(),
+                        "bytes": saved.bytes,
+                        "count": saved.count,
+                        "sha256": saved.sha256,
+                    }))
+                })
+            },
+            |env, v| crate::convert::json_to_js(env, &v),
+        )
+    }
+
+    /// Load an index saved by `save` onto `options.device` (default
+    /// `'auto'`: CUDA device 0 when there is one, else the CPU). A truncated
+    /// or corrupted file rejects with `E_INDEX`.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "path: string, options?: { device?: 'auto' | 'cuda' | 'cpu' | number }",
+        ts_return_type = "Promise<VectorIndex>"
+    )]
+    pub fn load<'e>(
+        env: &'e Env,
+        path: Unknown<'e>,
+        options: Option<Unknown<'e>>,
+    ) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+        let path = read_path(raw(env, &path));
+        let device = load_device(env, options);
+        spawn_job(
+            env,
+            Ok(ParsedCall::default()),
+            move |_| blocking(move || CoreIndex::load(&path?, device?, None)),
+            index_to_js,
+        )
+    }
+
     /// Live vectors.
     #[napi(getter)]
     pub fn size(&self) -> u32 {
@@ -249,6 +302,33 @@ impl Engine {
         )
     }
 
+    /// Load an index file as the index named `name` (placed as
+    /// `createIndex` places one).
+    #[napi(
+        catch_unwind,
+        js_name = "loadIndex",
+        ts_args_type = "name: string, path: string, options?: { device?: 'auto' | 'cuda' | 'cpu' | number }",
+        ts_return_type = "Promise<VectorIndex>"
+    )]
+    pub fn load_index<'e>(
+        &self,
+        env: &'e Env,
+        name: Unknown<'e>,
+        path: Unknown<'e>,
+        options: Option<Unknown<'e>>,
+    ) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
+        let name = read_name(raw(env, &name));
+        let path = read_path(raw(env, &path));
+        let device = load_device(env, options);
+        let engine = self.inner.clone();
+        spawn_job(
+            env,
+            Ok(ParsedCall::default()),
+            move |_| async move { engine.load_index(&name?, path?, device?).await },
+            index_to_js,
+        )
+    }
+
     /// The index named `name`, or null.
     #[napi(catch_unwind, ts_args_type = "name: string", ts_return_type = "VectorIndex | null")]
     pub fn index<'e>(&self, env: &'e Env, name: Unknown<'e>) -> napi::Result<Unknown<'e>> {
@@ -305,6 +385,31 @@ impl Engine {
             move |env, hits| hits_to_js(env, hits, kind, single),
         )
     }
+}
+
+/// `load`'s `{ device }` through the one schema's device rule.
+fn load_device(env: &Env, options: Option<Unknown<'_>>) -> Result<cuda_engine_core::device::DevicePreference> {
+    let v = options_json(options.map(|o| raw(env, &o)))?;
+    let device = match &v {
+        serde_json::Value::Null => serde_json::Value::Null,
+        serde_json::Value::Object(o) => {
+            options::check_keys(o.keys().map(String::as_str), &["device"], "options")?;
+            o.get("device").cloned().unwrap_or_default()
+        }
+        other => {
+            return Err(err!(InvalidArg, "`options` must be an object, got {}", cuda_engine_core::envelope::json_kind(other)))
+        }
+    };
+    let mut opts = serde_json::json!({ "dims": 1 });
+    opts["device"] = device;
+    Ok(IndexOptions::from_json(&opts)?.into_config()?.device)
+}
+
+fn read_path(v: JsVal) -> Result<std::path::PathBuf> {
+    if v.type_of()? != sys::ValueType::napi_string {
+        return Err(err!(InvalidArg, "`path` must be a string, got {}", v.kind_name()));
+    }
+    Ok(std::path::PathBuf::from(bounded_string(v, 4096, "path")?))
 }
 
 /// An options object with only `known` keys (None when absent/nullish).

@@ -2,6 +2,7 @@
 //! cancellation, `health`. The N-API layer and the `cuda-worker` binary both
 //! drive the engine through this type.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -238,7 +239,7 @@ impl Engine {
     /// loaded, else on CUDA device 0 when there is one, else on the CPU.
     pub async fn create_index(&self, name: &str, mut config: IndexConfig) -> Result<Arc<VectorIndex>> {
         self.check_index_name(name)?;
-        let gpu = self.index_placement(&mut config);
+        let gpu = self.index_placement(&mut config.device);
         let index = tokio::task::spawn_blocking(move || VectorIndex::create(config, gpu))
             .await
             .map_err(|e| CoreError::internal(format!("index creation task failed: {e}")))??;
@@ -249,17 +250,37 @@ impl Engine {
     /// The GPU executor an index of this engine should use, with `auto`
     /// resolved to the model's device (or the CPU when the engine's own
     /// device is the CPU).
-    pub fn index_placement(&self, config: &mut IndexConfig) -> Option<GpuPlacement> {
+    pub fn index_placement(&self, device: &mut DevicePreference) -> Option<GpuPlacement> {
         let embedder = lock(&self.embedder).clone();
         let tasks = embedder.and_then(|e| e.gpu_tasks());
-        if config.device == DevicePreference::Auto {
+        if *device == DevicePreference::Auto {
             if let Some(t) = &tasks {
-                config.device = DevicePreference::Cuda(Some(t.device()));
+                *device = DevicePreference::Cuda(Some(t.device()));
             } else if self.config.device == DevicePreference::Cpu {
-                config.device = DevicePreference::Cpu;
+                *device = DevicePreference::Cpu;
             }
         }
         tasks.map(GpuPlacement::Tasks)
+    }
+
+    /// Load an index file (docs/vector-search-format.md) as the index named
+    /// `name`, placed as `create_index` places one.
+    pub async fn load_index(
+        &self,
+        name: &str,
+        path: PathBuf,
+        mut device: DevicePreference,
+    ) -> Result<Arc<VectorIndex>> {
+        self.check_index_name(name)?;
+        if self.index(name).is_some() {
+            return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
+        }
+        let gpu = self.index_placement(&mut device);
+        let index = tokio::task::spawn_blocking(move || VectorIndex::load(&path, device, gpu))
+            .await
+            .map_err(|e| CoreError::internal(format!("index loading task failed: {e}")))??;
+        self.add_index(name, index.clone())?;
+        Ok(index)
     }
 
     fn check_index_name(&self, name: &str) -> Result<()> {
