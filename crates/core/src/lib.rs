@@ -25,6 +25,7 @@ pub mod health;
 pub mod infer;
 pub mod isolation;
 pub mod jobs;
+pub mod keys;
 pub mod model;
 pub mod options;
 pub mod vector;

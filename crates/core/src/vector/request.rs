@@ -42,7 +42,7 @@ impl SearchRequest {
                 crate::envelope::json_kind(payload)
             )
         })?;
-        crate::options::check_keys(obj.keys().map(String::as_str), SEARCH_PAYLOAD_KEYS, "payload")?;
+        crate::keys::check_keys(obj.keys().map(String::as_str), SEARCH_PAYLOAD_KEYS, "payload")?;
         let index = match obj.get("index") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             other => return Err(err!(InvalidArg, "`payload.index` must be an index name, got {}", kind(other))),
