@@ -3,6 +3,11 @@
 #
 #   scripts/fuzz.sh [seconds-per-target] [target...]
 #
+# Targets: every [[bin]] of fuzz/Cargo.toml (`cargo fuzz list`): envelope,
+# base64, cbor_msgpack, worker_protocol, infer_request, index_file (the
+# vector index file loader); a new target is registered there and gets its
+# seeds in fuzz/corpus/<target>/.
+#
 # Installs cargo-fuzz (pinned, skipped when that version is present), builds
 # every target of fuzz/ once, then runs each target for the given time
 # (default 60 s; all targets when none is named) on a working copy of its
