@@ -1,0 +1,531 @@
+// Exact top-k vector search kernels (crates/core/src/vector/cuda.rs).
+//
+// Compiled by NVRTC for the device's own compute capability, no CUDA headers,
+// with compile-time macros from the host:
+//   DIMS   values per vector
+//   LD     row stride in elements (DIMS rounded up to 8: 16-byte rows for
+//          fp16, 32-byte for fp32); the padding of every written row is zero
+//   G16    threads per row in the fp16 scan (power of two <= 32)
+//
+// Every candidate is one 64-bit "composite": the high word is the score's
+// order key (a monotone map of the fp32 bits, -0 folded onto +0), the low
+// word is ~slot. A larger composite ranks first: higher score, then lower
+// slot, exactly the store contract's order. 0 is "no candidate".
+//
+// Selection (any k <= 2048): each block keeps, per query it serves, a
+// shared-memory array of S composites: the first C (a power of two >= k)
+// hold the best so far, sorted descending; the remaining S-C are a buffer.
+// A candidate above the current k-th best (the threshold) is appended to
+// the buffer; when a buffer could overflow in the next round, the whole
+// array is bitonic-sorted and the threshold updated. Partial lists of k
+// per (query, block) are merged by `merge` with the same selector.
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+#define FULL_MASK 0xffffffffu
+#define TOMBSTONE 0xffffffffu
+
+__device__ __forceinline__ u64 pack(float key, u32 slot) {
+    float f = __fadd_rn(key, 0.0f);  // -0 -> +0
+    u32 u = __float_as_uint(f);
+    u32 o = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((u64)o << 32) | (u64)(~slot);
+}
+
+__device__ __forceinline__ float h2f(u16 v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
+    return f;
+}
+
+__device__ __forceinline__ bool admits(u32 tag, u32 mode, u32 tagv) {
+    return mode == 0 ? tag != TOMBSTONE : tag == tagv;
+}
+
+// ---------------------------------------------------------------------------
+// The selector. Shared layout: sel[Q*S] composites, cnt[Q], thr[Q].
+
+struct Sel {
+    u64* a;
+    u32* cnt;
+    u64* thr;
+    int q;   // queries served
+    int s;   // S (power of two)
+    int c;   // C (power of two >= k)
+    int k;
+    int pr;  // most pushes per query in one round
+};
+
+__device__ __forceinline__ void sel_init(const Sel& s) {
+    for (int i = threadIdx.x; i < s.q * s.s; i += blockDim.x) s.a[i] = 0ull;
+    for (int i = threadIdx.x; i < s.q; i += blockDim.x) {
+        s.cnt[i] = 0;
+        s.thr[i] = 0ull;
+    }
+    __syncthreads();
+}
+
+__device__ __forceinline__ void sel_push(const Sel& s, int q, u64 v) {
+    if (v > s.thr[q]) {
+        u32 p = atomicAdd(&s.cnt[q], 1u);
+        s.a[q * s.s + s.c + p] = v;
+    }
+}
+
+// Block-wide: sort every query's array whose buffer holds anything.
+__device__ void sel_flush(const Sel& s) {
+    __syncthreads();
+    const int buf = s.s - s.c;
+    for (int i = threadIdx.x; i < s.q * buf; i += blockDim.x) {
+        int q = i / buf, j = i - q * buf;
+        if ((u32)j >= s.cnt[q]) s.a[q * s.s + s.c + j] = 0ull;
+    }
+    __syncthreads();
+    const int half = s.s >> 1;
+    for (int size = 2; size <= s.s; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int t = threadIdx.x; t < s.q * half; t += blockDim.x) {
+                int q = t / half, i = t - q * half;
+                if (s.cnt[q] == 0) continue;
+                int lo = ((i & ~(stride - 1)) << 1) | (i & (stride - 1));
+                int hi = lo + stride;
+                u64* b = s.a + q * s.s;
+                bool desc = (lo & size) == 0;
+                u64 x = b[lo], y = b[hi];
+                if ((x < y) == desc) {
+                    b[lo] = y;
+                    b[hi] = x;
+                }
+            }
+            __syncthreads();
+        }
+    }
+    for (int q = threadIdx.x; q < s.q; q += blockDim.x) {
+        if (s.cnt[q] != 0) s.thr[q] = s.a[q * s.s + s.k - 1];
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < s.q; q += blockDim.x) s.cnt[q] = 0;
+    __syncthreads();
+}
+
+// After a round's pushes: flush when a buffer could overflow next round.
+__device__ __forceinline__ void sel_round(const Sel& s) {
+    __syncthreads();
+    bool need = false;
+    const u32 lim = (u32)(s.s - s.c - s.pr);
+    for (int q = 0; q < s.q; ++q) need |= s.cnt[q] > lim;
+    if (need) {
+        sel_flush(s);
+    } else {
+        __syncthreads();  // everyone has read cnt before the next round pushes
+    }
+}
+
+__device__ __forceinline__ void sel_finish(const Sel& s) {
+    __syncthreads();
+    bool any = false;
+    for (int q = 0; q < s.q; ++q) any |= s.cnt[q] != 0;
+    if (any) sel_flush(s);
+}
+
+// Write query q's best k to out[0..k).
+__device__ __forceinline__ void sel_write(const Sel& s, int q, u64* out) {
+    for (int j = threadIdx.x; j < s.k; j += blockDim.x) out[j] = s.a[q * s.s + j];
+}
+
+__device__ __forceinline__ Sel sel_make(unsigned char* smem, int q, int S, int C, int k, int pr) {
+    Sel s;
+    s.a = reinterpret_cast<u64*>(smem);
+    s.thr = s.a + q * S;
+    s.cnt = reinterpret_cast<u32*>(s.thr + q);
+    s.q = q;
+    s.s = S;
+    s.c = C;
+    s.k = k;
+    s.pr = pr;
+    return s;
+}
+
+// Bytes of shared memory the selector of q queries needs (host mirrors it).
+#define SEL_BYTES(q, S) ((size_t)(q) * (S) * 8 + (size_t)(q) * 12)
+
+// ---------------------------------------------------------------------------
+// fp32 storage: the contract's exact dot product. 8 threads per row, lane j
+// sums q[i]*x[i] for i = j (mod 8) in increasing i (product rounded, then
+// added: __fmul_rn/__fadd_rn are never contracted into FMA), then
+// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) through shuffles.
+//
+// grid (P * ceil(nq/Q)) (block b: split b % P, query group b / P); block 256; dynamic smem SEL_BYTES(Q,S) + Q*LD*4.
+// out: partial lists, query-major: out[(qi*P + p)*k + j].
+
+template <int Q>
+__device__ void scan_f32_body(const float* __restrict__ rows, const u32* __restrict__ tags,
+                              const float* __restrict__ norms, const float* __restrict__ queries, int nq,
+                              int len, u32 mode, u32 tagv, int l2, int k, int S, int C, int P, u64* __restrict__ out) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int pb = blockIdx.x % P;
+    const int q0 = (blockIdx.x / P) * Q;
+    const int nqb = min(Q, nq - q0);
+    Sel sel = sel_make(smem, Q, S, C, k, 32);
+    float* qs = reinterpret_cast<float*>(smem + ((SEL_BYTES(Q, S) + 15) & ~(size_t)15));
+    for (int i = threadIdx.x; i < Q * DIMS; i += blockDim.x) {
+        int q = i / DIMS;
+        qs[i] = q < nqb ? queries[(size_t)(q0 + q) * DIMS + (i - q * DIMS)] : 0.0f;
+    }
+    sel_init(sel);
+
+    const int per = (len + P - 1) / P;
+    const int lo = pb * per;
+    const int hi = min(len, lo + per);
+    const int lane = threadIdx.x & 7;
+    const int grp = threadIdx.x >> 3;  // 32 groups
+    const int ngrp = blockDim.x >> 3;
+    for (int base = lo; base < hi; base += ngrp) {
+        const int row = base + grp;
+        bool ok = row < hi;
+        u32 tag = ok ? tags[row] : TOMBSTONE;
+        ok = ok && admits(tag, mode, tagv);
+        float l[Q];
+#pragma unroll
+        for (int q = 0; q < Q; ++q) l[q] = 0.0f;
+        if (ok) {
+            const float* x = rows + (size_t)row * LD;
+            for (int i = lane; i < DIMS; i += 8) {
+                float xv = x[i];
+#pragma unroll
+                for (int q = 0; q < Q; ++q) l[q] = __fadd_rn(l[q], __fmul_rn(qs[q * DIMS + i], xv));
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < Q; ++q) {
+            float v = l[q];
+            v = __fadd_rn(v, __shfl_xor_sync(FULL_MASK, v, 4));
+            v = __fadd_rn(v, __shfl_xor_sync(FULL_MASK, v, 2));
+            v = __fadd_rn(v, __shfl_xor_sync(FULL_MASK, v, 1));
+            l[q] = v;
+        }
+        if (ok && lane == 0) {
+            float nrm = l2 ? norms[row] : 0.0f;
+#pragma unroll
+            for (int q = 0; q < Q; ++q) {
+                if (q < nqb) {
+                    float key = l2 ? -__fsub_rn(nrm, __fmul_rn(2.0f, l[q])) : l[q];
+                    sel_push(sel, q, pack(key, (u32)row));
+                }
+            }
+        }
+        sel_round(sel);
+    }
+    sel_finish(sel);
+    for (int q = 0; q < nqb; ++q) sel_write(sel, q, out + ((size_t)(q0 + q) * P + pb) * k);
+}
+
+#define SCAN_F32(Q)                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256) scan_f32_q##Q(                                              \
+        const float* rows, const u32* tags, const float* norms, const float* queries, int nq, int len, u32 mode, \
+        u32 tagv, int l2, int k, int S, int C, int P, u64* out) {                                                 \
+        scan_f32_body<Q>(rows, tags, norms, queries, nq, len, mode, tagv, l2, k, S, C, P, out);                     \
+    }
+SCAN_F32(1)
+SCAN_F32(2)
+SCAN_F32(4)
+SCAN_F32(8)
+
+// ---------------------------------------------------------------------------
+// fp16 storage, small batches: one bandwidth-bound pass. G16 threads per
+// row, each loading 16-byte chunks (8 halves) c = lane, lane+G16, ...; R
+// rows per group per round keep several loads in flight; fp32 accumulation
+// (fmaf, any order: the fp16 exactness rule is the 1e-3 window), reduced by
+// shuffles within the group.
+//
+// grid (P * ceil(nq/Q)) (block b: split b % P, query group b / P); block 256; dynamic smem SEL_BYTES(Q,S) + Q*LD*4.
+
+#define NCH (LD / 8)
+#define F16_R 4
+
+template <int Q>
+__device__ void scan_f16_body(const u16* __restrict__ rows, const u32* __restrict__ tags,
+                              const float* __restrict__ norms, const float* __restrict__ queries, int nq,
+                              int len, u32 mode, u32 tagv, int l2, int k, int S, int C, int P, u64* __restrict__ out) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int pb = blockIdx.x % P;
+    const int q0 = (blockIdx.x / P) * Q;
+    const int nqb = min(Q, nq - q0);
+    const int ngrp = blockDim.x / G16;
+    Sel sel = sel_make(smem, Q, S, C, k, ngrp * F16_R);
+    float* qs = reinterpret_cast<float*>(smem + ((SEL_BYTES(Q, S) + 15) & ~(size_t)15));
+    for (int i = threadIdx.x; i < Q * LD; i += blockDim.x) {
+        int q = i / LD, j = i - q * LD;
+        qs[i] = (q < nqb && j < DIMS) ? queries[(size_t)(q0 + q) * DIMS + j] : 0.0f;
+    }
+    sel_init(sel);
+
+    const int per = (len + P - 1) / P;
+    const int lo = pb * per;
+    const int hi = min(len, lo + per);
+    const int lane = threadIdx.x & (G16 - 1);
+    const int grp = threadIdx.x / G16;
+    const int step = ngrp * F16_R;
+    for (int base = lo; base < hi; base += step) {
+        float acc[F16_R][Q];
+        bool ok[F16_R];
+        uint4 xv[F16_R];
+#pragma unroll
+        for (int r = 0; r < F16_R; ++r) {
+            const int row = base + r * ngrp + grp;
+            ok[r] = row < hi && admits(tags[min(row, len - 1)], mode, tagv);
+#pragma unroll
+            for (int q = 0; q < Q; ++q) acc[r][q] = 0.0f;
+        }
+        for (int c = lane; c < NCH; c += G16) {
+#pragma unroll
+            for (int r = 0; r < F16_R; ++r) {
+                const int row = base + r * ngrp + grp;
+                xv[r] = ok[r] ? *reinterpret_cast<const uint4*>(rows + (size_t)row * LD + c * 8) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int r = 0; r < F16_R; ++r) {
+                float x[8];
+                x[0] = h2f((u16)(xv[r].x & 0xffffu));
+                x[1] = h2f((u16)(xv[r].x >> 16));
+                x[2] = h2f((u16)(xv[r].y & 0xffffu));
+                x[3] = h2f((u16)(xv[r].y >> 16));
+                x[4] = h2f((u16)(xv[r].z & 0xffffu));
+                x[5] = h2f((u16)(xv[r].z >> 16));
+                x[6] = h2f((u16)(xv[r].w & 0xffffu));
+                x[7] = h2f((u16)(xv[r].w >> 16));
+#pragma unroll
+                for (int q = 0; q < Q; ++q) {
+                    const float4 a = *reinterpret_cast<const float4*>(qs + q * LD + c * 8);
+                    const float4 b = *reinterpret_cast<const float4*>(qs + q * LD + c * 8 + 4);
+                    float v = acc[r][q];
+                    v = fmaf(a.x, x[0], v);
+                    v = fmaf(a.y, x[1], v);
+                    v = fmaf(a.z, x[2], v);
+                    v = fmaf(a.w, x[3], v);
+                    v = fmaf(b.x, x[4], v);
+                    v = fmaf(b.y, x[5], v);
+                    v = fmaf(b.z, x[6], v);
+                    v = fmaf(b.w, x[7], v);
+                    acc[r][q] = v;
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < F16_R; ++r) {
+#pragma unroll
+            for (int q = 0; q < Q; ++q) {
+                float v = acc[r][q];
+#pragma unroll
+                for (int o = G16 / 2; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+                acc[r][q] = v;
+            }
+            const int row = base + r * ngrp + grp;
+            if (ok[r] && lane == 0) {
+                float nrm = l2 ? norms[row] : 0.0f;
+#pragma unroll
+                for (int q = 0; q < Q; ++q) {
+                    if (q < nqb) {
+                        float key = l2 ? -(nrm - 2.0f * acc[r][q]) : acc[r][q];
+                        sel_push(sel, q, pack(key, (u32)row));
+                    }
+                }
+            }
+        }
+        sel_round(sel);
+    }
+    sel_finish(sel);
+    for (int q = 0; q < nqb; ++q) sel_write(sel, q, out + ((size_t)(q0 + q) * P + pb) * k);
+}
+
+#define SCAN_F16(Q)                                                                                                \
+    extern "C" __global__ void __launch_bounds__(256) scan_f16_q##Q(                                              \
+        const u16* rows, const u32* tags, const float* norms, const float* queries, int nq, int len, u32 mode,   \
+        u32 tagv, int l2, int k, int S, int C, int P, u64* out) {                                                 \
+        scan_f16_body<Q>(rows, tags, norms, queries, nq, len, mode, tagv, l2, k, S, C, P, out);                     \
+    }
+SCAN_F16(1)
+SCAN_F16(2)
+SCAN_F16(4)
+SCAN_F16(8)
+
+// ---------------------------------------------------------------------------
+// Batches (fp16): select from a chunk of the score matrix that cuBLAS wrote,
+// scores[qi*ld + r] = dot(query qi, row row0 + r), r < nrows.
+// grid (P * nq) (block b: split b % P, query b / P); block 256; U scores per thread per round; dynamic smem
+// SEL_BYTES(1,S). Writes partial list (qi, pbase + blockIdx.x) of Ptot.
+
+template <int U>
+__device__ void select_body(const float* __restrict__ scores, int ld, int row0, int nrows,
+                            const u32* __restrict__ tags, const float* __restrict__ norms, u32 mode, u32 tagv, int l2,
+                            int k, int S, int C, int P, u64* __restrict__ out, int ptot, int pbase) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    Sel sel = sel_make(smem, 1, S, C, k, (int)blockDim.x * U);
+    sel_init(sel);
+    const int pb = blockIdx.x % P;
+    const int qi = blockIdx.x / P;
+    int per = (nrows + P - 1) / P;
+    const int lo = pb * per;
+    const int hi = min(nrows, lo + per);
+    const float* sc = scores + (size_t)qi * ld;
+    for (int base = lo; base < hi; base += blockDim.x * U) {
+        float v[U];
+        bool ok[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int r = base + u * blockDim.x + threadIdx.x;
+            ok[u] = r < hi && admits(tags[row0 + min(r, nrows - 1)], mode, tagv);
+            v[u] = ok[u] ? sc[r] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (ok[u]) {
+                const int r = base + u * blockDim.x + threadIdx.x;
+                float key = l2 ? -__fsub_rn(norms[row0 + r], __fmul_rn(2.0f, v[u])) : v[u];
+                sel_push(sel, 0, pack(key, (u32)(row0 + r)));
+            }
+        }
+        sel_round(sel);
+    }
+    sel_finish(sel);
+    sel_write(sel, 0, out + ((size_t)qi * ptot + pbase + pb) * k);
+}
+
+#define SELECT(U)                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) select_u##U(                                                \
+        const float* scores, int ld, int row0, int nrows, const u32* tags, const float* norms, u32 mode, u32 tagv, \
+        int l2, int k, int S, int C, int P, u64* out, int ptot, int pbase) {                                      \
+        select_body<U>(scores, ld, row0, nrows, tags, norms, mode, tagv, l2, k, S, C, P, out, ptot, pbase);          \
+    }
+SELECT(1)
+SELECT(2)
+SELECT(4)
+
+// ---------------------------------------------------------------------------
+// Merge: for query blockIdx.x, the best k of lists parts[(qi*ptot + p)*k ..]
+// for p < np, written to out + qi*out_stride (may be list 0 itself: every
+// entry is read before anything is written). grid (nq); block 256.
+
+extern "C" __global__ void __launch_bounds__(256) merge(const u64* parts, int ptot, int np, int k, int S, int C,
+                                                        u64* out, long long out_stride) {
+    extern __shared__ __align__(16) unsigned char smem_m[];
+    Sel sel = sel_make(smem_m, 1, S, C, k, (int)blockDim.x);
+    sel_init(sel);
+    const int qi = blockIdx.x;
+    const u64* src = parts + (size_t)qi * ptot * k;
+    const int total = np * k;
+    for (int base = 0; base < total; base += blockDim.x) {
+        const int i = base + threadIdx.x;
+        if (i < total) {
+            u64 v = src[i];
+            if (v != 0ull) sel_push(sel, 0, v);
+        }
+        sel_round(sel);
+    }
+    sel_finish(sel);
+    sel_write(sel, 0, out + (size_t)qi * out_stride);
+}
+
+// ---------------------------------------------------------------------------
+// Storage maintenance.
+
+// Scatter n staged rows (LD values each, padding zero) to their slots, set
+// their tags and (l2) their squared norms from the stored values in the
+// contract's 8-lane order. One block of 128 threads per row.
+template <typename T>
+__device__ void scatter_body(const T* __restrict__ staged, const u32* __restrict__ slots,
+                             const u32* __restrict__ stags, int n, T* __restrict__ rows, u32* __restrict__ tags,
+                             float* __restrict__ norms);
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(u16 v) { return h2f(v); }
+
+template <typename T>
+__device__ void scatter_body(const T* __restrict__ staged, const u32* __restrict__ slots,
+                             const u32* __restrict__ stags, int n, T* __restrict__ rows, u32* __restrict__ tags,
+                             float* __restrict__ norms) {
+    const int i = blockIdx.x;
+    if (i >= n) return;
+    const u32 slot = slots[i];
+    const T* src = staged + (size_t)i * LD;
+    T* dst = rows + (size_t)slot * LD;
+    for (int j = threadIdx.x; j < LD; j += blockDim.x) dst[j] = src[j];
+    if (threadIdx.x == 0) tags[slot] = stags[i];
+    if (norms != 0 && threadIdx.x < 8) {
+        const int lane = threadIdx.x;
+        float l = 0.0f;
+        for (int j = lane; j < DIMS; j += 8) {
+            float v = to_f(src[j]);
+            l = __fadd_rn(l, __fmul_rn(v, v));
+        }
+        l = __fadd_rn(l, __shfl_xor_sync(0xffu, l, 4));
+        l = __fadd_rn(l, __shfl_xor_sync(0xffu, l, 2));
+        l = __fadd_rn(l, __shfl_xor_sync(0xffu, l, 1));
+        if (lane == 0) norms[slot] = l;
+    }
+}
+
+extern "C" __global__ void scatter_f32(const float* staged, const u32* slots, const u32* stags, int n, float* rows,
+                                       u32* tags, float* norms) {
+    scatter_body<float>(staged, slots, stags, n, rows, tags, norms);
+}
+extern "C" __global__ void scatter_f16(const u16* staged, const u32* slots, const u32* stags, int n, u16* rows,
+                                       u32* tags, float* norms) {
+    scatter_body<u16>(staged, slots, stags, n, rows, tags, norms);
+}
+
+// tags[slots[i]] = tag for i < n.
+extern "C" __global__ void set_tags(const u32* slots, int n, u32 tag, u32* tags) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) tags[slots[i]] = tag;
+}
+
+// Gather rows (row_bytes each, a multiple of 16), tags and norms of slots
+// keep[0..n) into dst_rows / dst_tags / dst_norms (norms may be null).
+// One block per row.
+extern "C" __global__ void gather(const unsigned char* rows, const u32* tags, const float* norms, const u32* keep,
+                                  int n, int row_bytes, unsigned char* dst_rows, u32* dst_tags, float* dst_norms) {
+    const int i = blockIdx.x;
+    if (i >= n) return;
+    const u32 s = keep[i];
+    const uint4* src = reinterpret_cast<const uint4*>(rows + (size_t)s * row_bytes);
+    uint4* dst = reinterpret_cast<uint4*>(dst_rows + (size_t)i * row_bytes);
+    for (int j = threadIdx.x; j < row_bytes / 16; j += blockDim.x) dst[j] = src[j];
+    if (threadIdx.x == 0) {
+        dst_tags[i] = tags[s];
+        if (norms != 0) dst_norms[i] = norms[s];
+    }
+}
+
+// Benchmarks: fill rows [row0, row0+n) of an fp16 store with pseudo-random
+// unit vectors (a hash of (seed, row, j)), tags NO_NAMESPACE (0). One warp
+// per row.
+extern "C" __global__ void bench_fill_f16(u16* rows, u32* tags, int row0, int n, u32 seed) {
+    const int w = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (w >= n) return;
+    const u32 row = (u32)(row0 + w);
+    float ss = 0.0f;
+    for (int j = lane; j < DIMS; j += 32) {
+        u32 h = (row * 0x9E3779B1u) ^ (j * 0x85EBCA77u) ^ (seed * 0xC2B2AE3Du);
+        h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12; h *= 0x297A2D39u; h ^= h >> 15;
+        float v = (float)(h >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f;
+        ss += v * v;
+    }
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(FULL_MASK, ss, o);
+    const float inv = rsqrtf(fmaxf(ss, 1e-30f));
+    for (int j = lane; j < LD; j += 32) {
+        float v = 0.0f;
+        if (j < DIMS) {
+            u32 h = (row * 0x9E3779B1u) ^ (j * 0x85EBCA77u) ^ (seed * 0xC2B2AE3Du);
+            h ^= h >> 15; h *= 0x2C1B3C6Du; h ^= h >> 12; h *= 0x297A2D39u; h ^= h >> 15;
+            v = ((float)(h >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * inv;
+        }
+        u16 hv;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(hv) : "f"(v));
+        rows[(size_t)row * LD + j] = hv;
+    }
+    if (lane == 0) tags[row] = 0u;
+}
