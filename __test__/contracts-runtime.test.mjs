@@ -349,3 +349,20 @@ test('closing engines returns the model memory and threads to where they were', 
   assert.ok(out.after.rss - out.before.rss < 60 * 2 ** 20, `memory back after close: ${msg}`)
   assert.equal(out.after.threads, out.before.threads, msg)
 })
+
+// A getter or Proxy trap that throws while the binding reads an options
+// object fails that call with E_INVALID_ARG naming the field it was reading
+// (it said "reading a property threw" without the field).
+test('a throwing getter in options is E_INVALID_ARG naming the field', async () => {
+  const { Engine, submit, embed } = addon
+  const boom = () => { throw new Error('boom') }
+  await invalid(Engine.open({ get device() { return boom() } }), '`options.device`', 'boom')
+  await invalid(Engine.open({ worker: { get path() { return boom() } } }), '`options.worker.path`', 'boom')
+  await invalid(submit({ type: 'echo', payload: 1 }, { get timeoutMs() { return boom() } }), '`timeoutMs`', 'boom')
+  await invalid(embed('x', { get normalize() { return boom() } }), '`normalize`', 'boom')
+  await invalid(submit({ type: 'echo', get payload() { return boom() } }), '`payload`', 'boom')
+  await invalid(submit({ type: 'echo', payload: { a: [1, { get b() { return boom() } }] } }), '`payload.a[1].b`', 'boom')
+  const engine = await Engine.open({ device: 'cpu' })
+  await invalid(engine.close({ get drainMs() { return boom() } }), '`options.drainMs`', 'boom')
+  await engine.close()
+})

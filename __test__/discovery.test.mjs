@@ -194,3 +194,59 @@ test('bundled: an addon loaded from a platform package folder finds and runs the
   assert.equal(got.worker.path, want)
   assert.equal(got.cuda_path[8], want)
 })
+
+// The sync exports read their argument as an untyped value: anything but
+// undefined/null/an options object with a string `baseDir` throws
+// E_INVALID_ARG naming the field, never napi's StringExpected or the
+// caller's own exception (issue 10).
+test('findCudaWorkerPath / discoveryCandidates: bad arguments throw E_INVALID_ARG naming the field', () => {
+  const revoked = Proxy.revocable({}, {})
+  revoked.revoke()
+  const cases = [
+    [{ baseDir: 1 }, 'options.baseDir'],
+    [{ baseDir: true }, 'options.baseDir'],
+    [{ baseDir: {} }, 'options.baseDir'],
+    [{ baseDir: ['/tmp'] }, 'options.baseDir'],
+    [{ baseDir: Symbol('dir') }, 'options.baseDir'],
+    [{ baseDir: 10n }, 'options.baseDir'],
+    [{ baseDir: NaN }, 'options.baseDir'],
+    [{ baseDir: () => '/tmp' }, 'options.baseDir'],
+    [{ baseDir: { toString() { throw new Error('toString boom') } } }, 'options.baseDir'],
+    [{ baseDir: new Proxy({}, { ownKeys() { throw new Error('trap boom') } }) }, 'options.baseDir'],
+    [{ get baseDir() { throw new Error('getter boom') } }, 'options.baseDir'],
+    [{ get baseDir() { throw Symbol('thrown symbol') } }, 'options.baseDir'],
+    [new Proxy({}, { ownKeys() { throw new Error('trap boom') } }), 'options'],
+    [new Proxy({}, { get() { throw new Error('get trap') } }), null],
+    [revoked.proxy, 'options'],
+    [{ basedir: '/tmp' }, 'did you mean `baseDir`'],
+    ['/tmp', 'options'],
+    [42, 'options'],
+    [Symbol('opts'), 'options'],
+    [[], 'options'],
+    [() => {}, 'options'],
+  ]
+  for (const fn of [findCudaWorkerPath, discoveryCandidates]) {
+    for (const [i, [arg, field]] of cases.entries()) {
+      let err
+      try {
+        fn(arg)
+      } catch (e) {
+        err = e
+      }
+      if (field === null) {
+        // A Proxy whose `get` throws but whose keys are readable: no keys, so defaults.
+        assert.equal(err, undefined, `${fn.name}: ${String(err?.message)}`)
+        continue
+      }
+      assert.ok(err, `${fn.name}: case ${i} should throw`)
+      assert.equal(err.code, 'E_INVALID_ARG', `${fn.name}: case ${i}: ${err.code}: ${err.message}`)
+      assert.ok(err.message.includes(field), `${fn.name}: the message names ${field}: ${err.message}`)
+    }
+    // Still accepted: nothing, undefined, null, and a string (empty too).
+    withoutEnv(() => {
+      for (const ok of [undefined, null, {}, { baseDir: undefined }, { baseDir: null }, { baseDir: '' }, { baseDir: '/tmp' }]) fn(ok)
+      fn()
+    })
+  }
+})
+

@@ -3,7 +3,8 @@
 // options of every async export, in a child process so a native crash fails
 // this test instead of killing the runner. Every call must settle with a value
 // or a coded rejection from errorCodes() (never E_INTERNAL, never a synchronous
-// throw), and the ordinary calls mixed in must keep returning the right values.
+// throw), the sync exports may throw only coded errors naming the field, and
+// the ordinary calls mixed in must keep returning the right values.
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
@@ -34,5 +35,6 @@ test(`binding fuzz: ${N} inputs (seed ${SEED}) settle with table codes, no crash
   assert.equal(s.unknownCode, 0, `every code is in errorCodes(): ${detail}`)
   assert.equal(s.internal, 0, `no E_INTERNAL: ${detail}`)
   assert.equal(s.ordinaryWrong, 0, `ordinary calls keep their results: ${detail}`)
+  assert.ok(s.syncExportCalls > 0, `the sync exports were called: ${detail}`)
   assert.deepEqual(report.failures, [], detail)
 })

@@ -331,11 +331,14 @@ test('fetchModel checks its arguments (unknown keys, types, ids) before any requ
     [['./models/x'], /not a Hugging Face repository id/],
     [['all-MiniLM-L6-v2'], /not a Hugging Face repository id/],
     [[42], /`name` must be a Hugging Face repository id string/],
+    [[Symbol('name')], /`name` is a symbol/],
+    [[{ get x() { throw new Error('boom') } }], /`name.x`: reading a property threw: Error: boom/],
+    [[REPO, { get dir() { throw new Error('boom') } }], /`options.dir`: reading a property threw/],
     [[REPO, { endpoint: 'ftp://127.0.0.1/x', dir: freshCache() }], /http:\/\/ or https:\/\//],
   ]
   for (const [args, re] of cases) {
     const e = await rejection(fetchModel(...args))
-    assert.equal(e.code, 'E_INVALID_ARG', `${JSON.stringify(args)}: ${e.message}`)
+    assert.equal(e.code, 'E_INVALID_ARG', `${args.map(String)}: ${e.message}`)
     assert.match(e.message, re)
   }
   assert.equal(hub.connections, 0)

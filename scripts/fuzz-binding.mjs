@@ -21,8 +21,10 @@
 // settles (exactly once: counted); a rejection is an object with a `.code`
 // from errorCodes(), never E_INTERNAL. Ordinary calls mixed in (echo submits,
 // an embed, a text infer) must keep returning the right values. Sync exports
-// (errorCodes, optionNames, findCudaWorkerPath, discoveryCandidates) may
-// throw, but only coded errors.
+// (errorCodes, optionNames, findCudaWorkerPath, discoveryCandidates; their
+// options, `{ baseDir }` of every type, throwing getters) may throw, but only
+// coded errors from errorCodes(), never E_INTERNAL, and an E_INVALID_ARG
+// names the field (`options…`).
 //
 // Exit 0 when every check held; 1 otherwise (the report says which).
 // Needs the built addon (npx napi build --platform --release) and the test
@@ -495,9 +497,19 @@ function genArgs(r, fn) {
     case 'engine.close':
       args = [r.chance(0.6) ? { drainMs: r.pick(NUMBERS) } : genValue(r, 1)]
       break
-    case 'sync':
-      args = [r.pick(['errorCodes', 'optionNames', 'findCudaWorkerPath', 'discoveryCandidates']), genValue(r, 1)]
+    case 'sync': {
+      // The options object itself, or `{ baseDir: <value> }` (sometimes with
+      // a misspelled or extra key), or `{ baseDir }` behind a throwing getter.
+      const name = r.pick(['errorCodes', 'optionNames', 'findCudaWorkerPath', 'discoveryCandidates'])
+      const k = r.int(4)
+      let opts
+      if (k === 0) opts = genValue(r, 1)
+      else if (k === 1) opts = { baseDir: r.chance(0.2) ? genString(r) : genValue(r, 1) }
+      else if (k === 2) opts = { [r.pick(['basedir', 'base', 'baseDir', '__proto__', 'cwd'])]: genValue(r, 1), ...(r.chance(0.5) ? { baseDir: '/tmp' } : {}) }
+      else opts = Object.defineProperty({}, 'baseDir', { enumerable: true, get: r.pick([() => { throw new Error('getter') }, () => { throw Symbol('s') }, () => genValue(r, 1)]) })
+      args = [name, opts]
       break
+    }
     default:
       args = r.chance(0.5) ? [] : [genValue(r, 1)]
   }
@@ -551,7 +563,7 @@ async function child(a) {
     outputs: [{ name: 'sentence_embedding' }] })
   const progressFd = a.progress ? fs.openSync(a.progress, 'w') : null
   const stats = { inputs: 0, calls: 0, settled: 0, resolved: 0, rejected: 0, syncThrows: 0, notPromise: 0,
-    uncoded: 0, unknownCode: 0, blocking: 0, internal: 0, unsettled: 0, ordinary: 0, ordinaryWrong: 0, syncExportThrows: 0,
+    uncoded: 0, unknownCode: 0, blocking: 0, internal: 0, unsettled: 0, ordinary: 0, ordinaryWrong: 0, syncExportCalls: 0, syncExportThrows: 0,
     opened: 0, codes: {} }
   const failures = []
   const slow = [] // calls that took over 200 ms (reported, not a failure)
@@ -624,12 +636,21 @@ async function child(a) {
     const { fn, args } = input
     if (fn === 'sync') {
       const [name, arg] = args
+      stats.syncExportCalls++
       try {
         m[name](arg)
       } catch (e) {
         stats.syncExportThrows++
         const code = e && typeof e === 'object' ? e.code : undefined
-        if (typeof code !== 'string' || !codes.has(code)) fail('sync export threw without a table code', input, describe(e))
+        stats.codes[code ?? '(none)'] = (stats.codes[code ?? '(none)'] ?? 0) + 1
+        const msg = String(e?.message ?? '')
+        if (typeof code !== 'string' || !codes.has(code)) fail('sync export threw without a table code', input, describe(e) + ' ' + msg.slice(0, 200))
+        else if (code === 'E_INTERNAL') {
+          stats.internal++
+          fail('E_INTERNAL', input, msg.slice(0, 300))
+        } else if (code === 'E_INVALID_ARG' && !msg.includes('`options')) {
+          fail('sync export E_INVALID_ARG without naming the field', input, msg.slice(0, 300))
+        }
       }
       return null
     }

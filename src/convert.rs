@@ -141,7 +141,11 @@ impl JsVal {
     pub fn get(&self, key: &std::ffi::CStr) -> Result<JsVal> {
         let mut out = ptr::null_mut();
         // SAFETY: raw is an object (callers check), key is NUL-terminated.
-        self.status(unsafe { sys::napi_get_named_property(self.env, self.raw, key.as_ptr(), &mut out) }, "a property")?;
+        let s = unsafe { sys::napi_get_named_property(self.env, self.raw, key.as_ptr(), &mut out) };
+        if s != sys::Status::napi_ok {
+            // A throwing getter or Proxy trap: the message names the key.
+            return Err(self.status(s, &format!("`{}`", key.to_string_lossy())).unwrap_err());
+        }
         Ok(JsVal::new(self.env, out))
     }
 
@@ -165,6 +169,53 @@ impl JsVal {
         buf.truncate(written);
         // N-API writes valid UTF-8 (lone surrogates become U+FFFD).
         String::from_utf8(buf).map_err(|_| CoreError::internal("N-API returned invalid UTF-8"))
+    }
+
+    /// The string's UTF-8 bytes when there are at most `max` of them, else
+    /// `Ok(None)`. Not validated here: N-API writes valid UTF-8 (lone
+    /// surrogates become U+FFFD) and the bytes are parsed, or checked with
+    /// `String::from_utf8`, off the JS thread.
+    ///
+    /// No length pass: the UTF-16 length is O(1) and bounds the UTF-8
+    /// length (1 to 3 bytes per code unit), so one write into a buffer of
+    /// min(3 × units, max + 4) bytes either holds the whole string or, when
+    /// V8 stops early for lack of room, has written over `max` bytes.
+    /// Untouched capacity costs no page faults.
+    pub fn string_utf8_capped(&self, max: usize) -> Result<Option<Vec<u8>>> {
+        let units = self.string_units()?;
+        if units > max {
+            return Ok(None);
+        }
+        let cap = utf8_cap(units, max);
+        let mut buf = Vec::<u8>::with_capacity(cap + 1);
+        let written = self.write_utf8(buf.spare_capacity_mut().as_mut_ptr().cast(), cap)?;
+        // SAFETY: N-API initialised `written` bytes (and a NUL after them).
+        unsafe { buf.set_len(written) };
+        Ok((written <= max && written >= units).then_some(buf))
+    }
+
+    /// Write the string as UTF-8 into `dst`, which has room for `cap` bytes
+    /// and a NUL; the bytes written (without the NUL).
+    pub fn write_utf8(&self, dst: *mut std::ffi::c_char, cap: usize) -> Result<usize> {
+        let mut written = 0usize;
+        // SAFETY: `dst` has room for cap + 1 bytes (callers); `cap` fits
+        // the `int` that Node passes on to V8 (utf8_cap bounds it).
+        self.status(
+            unsafe { sys::napi_get_value_string_utf8(self.env, self.raw, dst, cap + 1, &mut written) },
+            "a string",
+        )?;
+        Ok(written)
+    }
+
+    /// Length in UTF-16 code units (O(1): no pass over the string).
+    pub fn string_units(&self) -> Result<usize> {
+        let mut len = 0usize;
+        // SAFETY: length query only.
+        self.status(
+            unsafe { sys::napi_get_value_string_utf16(self.env, self.raw, ptr::null_mut(), 0, &mut len) },
+            "a string",
+        )?;
+        Ok(len)
     }
 
     /// UTF-8 length in bytes (a pass over the string).
@@ -254,6 +305,15 @@ impl JsVal {
             _ => "an unsupported value",
         }
     }
+}
+
+/// Bytes to reserve for the UTF-8 of `units` UTF-16 code units under a
+/// limit of `max` bytes: all of it (3 per unit) when that is within
+/// `max + 4`, else `max + 4`, so that a write V8 cuts short (it stops before
+/// a character of up to 4 bytes that does not fit) has written over `max`.
+/// Below `i32::MAX`: Node hands the size to V8 as an `int`.
+pub fn utf8_cap(units: usize, max: usize) -> usize {
+    units.saturating_mul(3).min(max.saturating_add(4)).min(i32::MAX as usize - 2)
 }
 
 /// Clear a pending JS exception (a getter or Proxy trap threw during an
@@ -451,8 +511,13 @@ impl JsonWalker {
         }
     }
 
-    /// A scalar's value, or an array/object opened for reading.
+    /// A scalar's value, or an array/object opened for reading. A read
+    /// that throws (a getter, a Proxy trap) is `E_INVALID_ARG` naming `path`.
     fn visit(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Visited> {
+        self.visit_inner(v, path, depth).map_err(|e| at_path(e, path))
+    }
+
+    fn visit_inner(&mut self, v: JsVal, path: &mut String, depth: usize) -> Result<Visited> {
         self.count_values(1, path)?;
         let t = v.type_of()?;
         Ok(Visited::Value(Some(match t {
@@ -505,11 +570,13 @@ impl JsonWalker {
                     let items = Vec::with_capacity((n as usize).min(4096));
                     return Ok(Visited::Open(Open { v, base, n, i: 0, kind: OpenKind::Array(items) }));
                 }
-                if let Some(bytes) = v.typed_bytes()? {
+                if let Some(t) = v.typed_view()? {
                     return Err(err!(
                         InvalidArg,
-                        "`{path}` is binary ({} bytes); binary data goes in `payload` itself or `payload_b64`",
-                        bytes.len()
+                        "`{path}` is binary ({}, {} elements), not a JSON value; binary data goes in `payload` \
+                         itself (a Uint8Array) or `payload_b64`",
+                        t.name(),
+                        t.len
                     ));
                 }
                 let keys = v.own_keys()?;
@@ -535,18 +602,26 @@ impl JsonWalker {
             OpenKind::Array(_) => {
                 use std::fmt::Write;
                 let _ = write!(path, "[{i}]");
-                Ok(Some(f.v.element(i)?))
+                Ok(Some(f.v.element(i).map_err(|e| at_path(e, path))?))
             }
             OpenKind::Object { keys, key, .. } => {
-                let k = keys.element(i)?;
-                *key = k.string()?;
+                let k = keys.element(i).map_err(|e| at_path(e, path))?;
+                *key = k.string().map_err(|e| at_path(e, path))?;
                 self.spend(key.len() + 3, path)?;
                 path.push('.');
                 path.push_str(key);
-                Ok(Some(f.v.property(k)?))
+                Ok(Some(f.v.property(k).map_err(|e| at_path(e, path))?))
             }
         }
     }
+}
+
+/// A read that threw (`reading … threw: …`) names the field it was reading.
+fn at_path(mut e: CoreError, path: &str) -> CoreError {
+    if e.message.starts_with("reading ") {
+        e.message = format!("`{path}`: {}", e.message);
+    }
+    e
 }
 
 enum Visited {
@@ -606,21 +681,47 @@ fn optional_string(obj: JsVal, key: &std::ffi::CStr, field: &str) -> Result<Opti
     }
 }
 
-/// Read `submit`'s first argument: an envelope object, a JSON string, or a
-/// Uint8Array/Buffer holding JSON. Only copies; decoding happens off-thread.
-pub fn envelope_input(v: JsVal, limits: &Limits) -> Result<EnvelopeInput> {
-    match v.type_of()? {
-        sys::ValueType::napi_string => {
-            let len = v.string_len()?;
-            if len > limits.max_envelope_bytes {
-                return Err(err!(
-                    TooLarge,
-                    "the envelope string is {len} bytes; the limit is {} bytes (EngineOptions.maxEnvelopeBytes)",
-                    limits.max_envelope_bytes
-                ));
-            }
-            Ok(EnvelopeInput::Bytes(v.string_of_len(len)?.into_bytes()))
+/// `submit`'s envelope as copied on the JS thread; [`EnvelopeArg::finish`]
+/// (on the runtime) turns the copied `payload_b64` bytes into its string.
+pub struct EnvelopeArg {
+    input: EnvelopeInput,
+    payload_b64: Option<Vec<u8>>,
+}
+
+impl EnvelopeArg {
+    /// Off the JS thread: the UTF-8 check of `payload_b64` (V8 wrote valid
+    /// UTF-8, so this cannot fail in practice).
+    pub fn finish(self) -> Result<EnvelopeInput> {
+        let mut input = self.input;
+        if let (EnvelopeInput::Raw(raw), Some(b)) = (&mut input, self.payload_b64) {
+            raw.payload_b64 =
+                Some(String::from_utf8(b).map_err(|_| CoreError::internal("N-API returned invalid UTF-8"))?);
         }
+        Ok(input)
+    }
+}
+
+/// Read `submit`'s first argument: an envelope object, a JSON string, or a
+/// Uint8Array/Buffer holding JSON. Only copies; decoding (and the UTF-8
+/// check of copied strings) happens off-thread.
+pub fn envelope_input(v: JsVal, limits: &Limits) -> Result<EnvelopeArg> {
+    let mut b64_bytes = None;
+    let input = envelope_input_inner(v, limits, &mut b64_bytes)?;
+    Ok(EnvelopeArg { input, payload_b64: b64_bytes })
+}
+
+fn envelope_input_inner(v: JsVal, limits: &Limits, b64_bytes: &mut Option<Vec<u8>>) -> Result<EnvelopeInput> {
+    match v.type_of()? {
+        sys::ValueType::napi_string => match v.string_utf8_capped(limits.max_envelope_bytes)? {
+            // Bytes: the core's JSON parser checks the UTF-8 off this thread.
+            Some(bytes) => Ok(EnvelopeInput::Bytes(bytes)),
+            None => Err(err!(
+                TooLarge,
+                "the envelope string is at least {} bytes of UTF-8; the limit is {} bytes (EngineOptions.maxEnvelopeBytes)",
+                v.string_units()?.max(limits.max_envelope_bytes + 1),
+                limits.max_envelope_bytes
+            )),
+        },
         sys::ValueType::napi_object if !v.is_array() => {
             if let Some(bytes) = v.typed_bytes()? {
                 return Ok(EnvelopeInput::Bytes(bytes));
@@ -644,17 +745,18 @@ pub fn envelope_input(v: JsVal, limits: &Limits) -> Result<EnvelopeInput> {
             let b64 = v.get(c"payload_b64")?;
             match b64.type_of()? {
                 sys::ValueType::napi_undefined | sys::ValueType::napi_null => {}
-                sys::ValueType::napi_string => {
-                    let len = b64.string_len()?;
-                    if len > limits.max_envelope_bytes {
+                sys::ValueType::napi_string => match b64.string_utf8_capped(limits.max_envelope_bytes)? {
+                    // Checked as UTF-8 on the runtime ([`EnvelopeArg::finish`]).
+                    Some(bytes) => *b64_bytes = Some(bytes),
+                    None => {
                         return Err(err!(
                             TooLarge,
-                            "`payload_b64` is {len} bytes; the limit is {} bytes (EngineOptions.maxEnvelopeBytes)",
+                            "`payload_b64` is at least {} bytes; the limit is {} bytes (EngineOptions.maxEnvelopeBytes)",
+                            b64.string_units()?.max(limits.max_envelope_bytes + 1),
                             limits.max_envelope_bytes
-                        ));
+                        ))
                     }
-                    raw.payload_b64 = Some(b64.string_of_len(len)?);
-                }
+                },
                 _ => return Err(err!(Envelope, "`payload_b64` must be a base64 string, got {}", b64.kind_name())),
             }
             let payload = v.get(c"payload")?;
@@ -769,8 +871,13 @@ fn flag(v: JsVal, key: &std::ffi::CStr, name: &str) -> Result<Option<bool>> {
 /// An options object (`Engine.open`) as JSON, walked under small fixed
 /// limits with strict types, for the core's schema.
 pub fn options_json(v: Option<JsVal>) -> Result<Value> {
+    options_json_at(v, "options")
+}
+
+/// [`options_json`] for the argument named `name` (errors name it).
+pub fn options_json_at(v: Option<JsVal>, name: &str) -> Result<Value> {
     let Some(v) = v else { return Ok(Value::Null) };
-    let mut path = String::from("options");
+    let mut path = String::from(name);
     Ok(JsonWalker::for_options().walk(v, &mut path, 0)?.unwrap_or(Value::Null))
 }
 

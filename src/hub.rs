@@ -15,13 +15,13 @@ use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use serde_json::Value;
 
-use crate::convert::{json_to_js, options_json, JsVal, ParsedCall};
+use crate::convert::{json_to_js, options_json, options_json_at, JsVal, ParsedCall};
 use crate::task::spawn_job;
 
 /// Read `name` and the options on the JS thread: unknown keys, wrong types
 /// and a name that is not an `org/name` id are `E_INVALID_ARG`.
 fn fetch_args(name: Option<JsVal>, options: Option<JsVal>) -> std::result::Result<(RepoId, FetchOptions), CoreError> {
-    let name = match options_json(name)? {
+    let name = match options_json_at(name, "name")? {
         Value::Null => DEFAULT_HF_REPO.to_string(),
         Value::String(s) => s,
         other => {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use cuda_engine_core::discovery::{self, DiscoveryEnv};
 use cuda_engine_core::engine::{Engine as CoreEngine, EngineConfig};
-use cuda_engine_core::envelope::Limits;
+use cuda_engine_core::envelope::{json_kind, Limits};
 use cuda_engine_core::options::{self, EngineOptions, WorkerOptions};
 use cuda_engine_core::CoreError;
 use napi::bindgen_prelude::*;
@@ -113,7 +113,7 @@ fn submit_impl<'e>(
         env,
         parsed,
         move |call| async move {
-            let input = input?;
+            let input = input?.finish()?;
             engine.get().await?.submit(input, call).await
         },
         job_result_to_js,
@@ -128,7 +128,7 @@ fn embed_impl<'e>(
 ) -> Result<PromiseRaw<'e, Unknown<'e>>> {
     let raw_env = env.raw();
     let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)), options::EMBED_OPTIONS);
-    let request = embed::embed_input(
+    let request = embed::embed_bytes(
         JsVal::new(raw_env, input.value().value),
         engine.max_texts_per_call(),
         engine.limits().max_envelope_bytes,
@@ -138,7 +138,8 @@ fn embed_impl<'e>(
     spawn_job(
         env,
         parsed,
-        move |call| async move { engine.get().await?.embed(request?.texts, opts, call).await },
+        // The texts are split into strings here, on the runtime.
+        move |call| async move { engine.get().await?.embed(request?.into_input()?.texts, opts, call).await },
         move |env, vectors| embed::vectors_to_js(env, vectors, single),
     )
 }
@@ -194,10 +195,11 @@ pub fn embed<'e>(
 
 /// The worker that the shared discovery rules pick (docs/discovery.md), or
 /// null when the search finds none. Throws `E_WORKER_NOT_FOUND` when
-/// CUDA_WORKER_PATH is set but unusable (never a silent fallback).
+/// CUDA_WORKER_PATH is set but unusable (never a silent fallback), and
+/// `E_INVALID_ARG` naming the field for bad options.
 #[napi(catch_unwind, ts_args_type = "options?: { baseDir?: string }")]
-pub fn find_cuda_worker_path(env: &Env, options: Option<DiscoveryOptions>) -> Result<Option<String>> {
-    let base = discovery_base(options).map_err(|e| to_napi(env, e))?;
+pub fn find_cuda_worker_path<'e>(env: &'e Env, options: Option<Unknown<'e>>) -> Result<Option<String>> {
+    let base = discovery_base(env, options).map_err(|e| to_napi(env, e))?;
     let denv = DiscoveryEnv::from_process();
     match discovery::find_worker(&base, &denv) {
         Ok((path, _)) => Ok(Some(path.display().to_string())),
@@ -208,21 +210,52 @@ pub fn find_cuda_worker_path(env: &Env, options: Option<DiscoveryOptions>) -> Re
 
 /// Every candidate discovery checks, in order (what `health().cuda_path` shows).
 #[napi(catch_unwind, ts_args_type = "options?: { baseDir?: string }")]
-pub fn discovery_candidates(env: &Env, options: Option<DiscoveryOptions>) -> Result<Vec<String>> {
-    let base = discovery_base(options).map_err(|e| to_napi(env, e))?;
+pub fn discovery_candidates<'e>(env: &'e Env, options: Option<Unknown<'e>>) -> Result<Vec<String>> {
+    let base = discovery_base(env, options).map_err(|e| to_napi(env, e))?;
     Ok(discovery::candidates(&base, &DiscoveryEnv::from_process()).iter().map(|p| p.display().to_string()).collect())
 }
 
-#[napi(object)]
-pub struct DiscoveryOptions {
-    /// Base directory for relative candidates (default: process.cwd()).
-    pub base_dir: Option<String>,
-}
+/// The keys of the discovery functions' options.
+const DISCOVERY_OPTIONS: &[&str] = &["baseDir"];
 
-fn discovery_base(options: Option<DiscoveryOptions>) -> std::result::Result<std::path::PathBuf, CoreError> {
+/// The base directory from `{ baseDir? }` (default: the cwd). The argument
+/// is read as an untyped JS value with the bounded options walker, so a
+/// non-object, a Symbol, a throwing getter or a Proxy trap is `E_INVALID_ARG`
+/// naming the field (napi's typed conversion threw `StringExpected` or let
+/// the caller's exception through), and an unknown key names the nearest.
+fn discovery_base(env: &Env, options: Option<Unknown<'_>>) -> std::result::Result<std::path::PathBuf, CoreError> {
+    use serde_json::Value;
+    let json = options_json(options.map(|o| JsVal::new(env.raw(), o.value().value)))?;
+    let base = match &json {
+        Value::Null => None,
+        Value::Object(o) => {
+            options::check_keys(o.keys().map(String::as_str), DISCOVERY_OPTIONS, "options")?;
+            match o.get("baseDir") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(b)) => Some(b.clone()),
+                Some(other) => {
+                    return Err(cuda_engine_core::err!(
+                        InvalidArg,
+                        "`options.baseDir` must be a string (a directory), got {}",
+                        json_kind(other)
+                    ))
+                }
+            }
+        }
+        other => {
+            return Err(cuda_engine_core::err!(
+                InvalidArg,
+                "`options` must be an object {{ baseDir? }}, got {}",
+                json_kind(other)
+            ))
+        }
+    };
+    if let Some(b) = base.as_deref().filter(|b| std::path::Path::new(b).is_absolute()) {
+        return Ok(b.into());
+    }
     let cwd =
         std::env::current_dir().map_err(|e| CoreError::internal(format!("cannot read the current directory: {e}")))?;
-    Ok(match options.and_then(|o| o.base_dir) {
+    Ok(match base {
         Some(b) => cwd.join(b),
         None => cwd,
     })
