@@ -345,27 +345,30 @@ fn dot8x4_body(q: &[f32], rows: &[f32]) -> [f32; 4] {
     let (x0, rest) = rows.split_at(d);
     let (x1, rest) = rest.split_at(d);
     let (x2, x3) = rest.split_at(d);
-    let mut l = [[0.0f32; 8]; 4];
+    let (mut l0, mut l1, mut l2, mut l3) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
     let full = d / 8 * 8;
-    let mut i = 0;
-    while i < full {
+    let chunks = q[..full]
+        .chunks_exact(8)
+        .zip(x0[..full].chunks_exact(8))
+        .zip(x1[..full].chunks_exact(8))
+        .zip(x2[..full].chunks_exact(8))
+        .zip(x3[..full].chunks_exact(8));
+    for ((((qc, a), b), c), e) in chunks {
         for j in 0..8 {
-            let qv = q[i + j];
-            l[0][j] += qv * x0[i + j];
-            l[1][j] += qv * x1[i + j];
-            l[2][j] += qv * x2[i + j];
-            l[3][j] += qv * x3[i + j];
+            l0[j] += qc[j] * a[j];
+            l1[j] += qc[j] * b[j];
+            l2[j] += qc[j] * c[j];
+            l3[j] += qc[j] * e[j];
         }
-        i += 8;
     }
     for i in full..d {
-        let qv = q[i];
-        l[0][i - full] += qv * x0[i];
-        l[1][i - full] += qv * x1[i];
-        l[2][i - full] += qv * x2[i];
-        l[3][i - full] += qv * x3[i];
+        l0[i - full] += q[i] * x0[i];
+        l1[i - full] += q[i] * x1[i];
+        l2[i - full] += q[i] * x2[i];
+        l3[i - full] += q[i] * x3[i];
     }
-    l.map(|l| ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7])))
+    let reduce = |l: [f32; 8]| ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    [reduce(l0), reduce(l1), reduce(l2), reduce(l3)]
 }
 
 #[inline(always)]
