@@ -397,7 +397,11 @@ fn load_device(env: &Env, options: Option<Unknown<'_>>) -> Result<cuda_engine_co
             o.get("device").cloned().unwrap_or_default()
         }
         other => {
-            return Err(err!(InvalidArg, "`options` must be an object, got {}", cuda_engine_core::envelope::json_kind(other)))
+            return Err(err!(
+                InvalidArg,
+                "`options` must be an object, got {}",
+                cuda_engine_core::envelope::json_kind(other)
+            ))
         }
     };
     let mut opts = serde_json::json!({ "dims": 1 });
@@ -516,9 +520,10 @@ fn read_ids(v: JsVal, field: &str) -> Result<Vec<VectorId>> {
             }
             sys::ValueType::napi_bigint => {
                 let x = item.bigint()?;
-                VectorId::U64(u64::try_from(x).map_err(|_| {
-                    err!(InvalidArg, "`{field}[{i}]` is {x}: integer ids must be in 0..2^64")
-                })?)
+                VectorId::U64(
+                    u64::try_from(x)
+                        .map_err(|_| err!(InvalidArg, "`{field}[{i}]` is {x}: integer ids must be in 0..2^64"))?,
+                )
             }
             sys::ValueType::napi_number => {
                 let x = item.number()?;
@@ -530,9 +535,7 @@ fn read_ids(v: JsVal, field: &str) -> Result<Vec<VectorId>> {
                 }
                 VectorId::U64(x as u64)
             }
-            _ => {
-                return Err(err!(InvalidArg, "`{field}[{i}]` must be a string or a bigint, got {}", item.kind_name()))
-            }
+            _ => return Err(err!(InvalidArg, "`{field}[{i}]` must be a string or a bigint, got {}", item.kind_name())),
         };
         out.push(id);
     }
@@ -551,7 +554,11 @@ fn read_vectors(v: JsVal, dims: usize, field: &str) -> Result<(Vec<f32>, usize)>
             return Err(too_many(t.len));
         }
         if t.len == 0 || t.len % dims != 0 {
-            return Err(err!(InvalidArg, "`{field}` has {} values: expected a positive multiple of dims ({dims})", t.len));
+            return Err(err!(
+                InvalidArg,
+                "`{field}` has {} values: expected a positive multiple of dims ({dims})",
+                t.len
+            ));
         }
         return Ok((t.copy::<f32>(), t.len / dims));
     }
@@ -582,7 +589,11 @@ fn read_vectors(v: JsVal, dims: usize, field: &str) -> Result<(Vec<f32>, usize)>
 
 fn read_namespaces(v: JsVal, n: usize) -> Result<Vec<Option<String>>> {
     if v.type_of()? != sys::ValueType::napi_object || !v.is_array() {
-        return Err(err!(InvalidArg, "`options.namespaces` must be an array (one string or null per id), got {}", v.kind_name()));
+        return Err(err!(
+            InvalidArg,
+            "`options.namespaces` must be an array (one string or null per id), got {}",
+            v.kind_name()
+        ));
     }
     let len = v.array_len()? as usize;
     if len != n {

@@ -28,9 +28,13 @@
 //! Exactness rules, limits and the file format: docs/vector-search.md.
 
 mod cpu;
+#[doc(hidden)]
+pub mod cuda;
 mod file;
 pub mod request;
 pub(crate) mod store;
+
+pub use file::SavedIndex;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -309,8 +313,26 @@ impl VectorIndex {
     }
 
     fn make_gpu_store(config: &IndexConfig, gpu: Option<GpuPlacement>) -> Result<(Box<dyn Store>, Placement)> {
-        let _ = (config, gpu);
-        Err(err!(CudaUnavailable, "the GPU vector store is not built yet"))
+        let device = match config.device {
+            DevicePreference::Cuda(i) => i.unwrap_or(0),
+            _ => {
+                let probe = crate::device::probe();
+                if !probe.available {
+                    return Err(err!(
+                        CudaUnavailable,
+                        "CUDA is not available: {}",
+                        probe.reason.as_deref().unwrap_or("no device")
+                    ));
+                }
+                0
+            }
+        };
+        let tasks = match gpu {
+            Some(GpuPlacement::Tasks(t)) if t.device() == device => t,
+            _ => crate::backend::cuda::GpuTasks::standalone(device)?,
+        };
+        let store = cuda::CudaStore::new(config.dims, config.metric, config.dtype, config.capacity, tasks)?;
+        Ok((Box::new(store), Placement::Cuda(device)))
     }
 
     /// Dims, metric, dtype, device, count, capacity, bytes.
