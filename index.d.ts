@@ -119,7 +119,7 @@ export interface EngineOptions {
   worker?: string | true | WorkerOptions
   /** Base directory for worker discovery and relative paths (default: process.cwd()). */
   baseDir?: string
-  /** Largest envelope accepted, bytes, checked before parsing (default 64 MiB); over: `E_TOO_LARGE`. */
+  /** Largest envelope accepted, bytes, checked before parsing (default 16 MiB: bounds the copy on the JS thread); over: `E_TOO_LARGE`. */
   maxEnvelopeBytes?: number
   /** Deepest JSON nesting accepted (default 64); deeper: `E_TOO_DEEP`. */
   maxJsonDepth?: number
@@ -494,11 +494,6 @@ export declare class VectorIndex {
 /** Every candidate discovery checks, in order (what `health().cuda_path` shows). */
 export declare function discoveryCandidates(options?: { baseDir?: string }): Array<string>
 
-export interface DiscoveryOptions {
-  /** Base directory for relative candidates (default: process.cwd()). */
-  baseDir?: string
-}
-
 /**
  * Embed one text (resolves to a Float32Array) or many (Float32Array[], in
  * order) with the engine's model. The header (`types.d.ts.in`) declares
@@ -529,7 +524,8 @@ export declare function fetchModel(name?: string | null, options?: FetchModelOpt
 /**
  * The worker that the shared discovery rules pick (docs/discovery.md), or
  * null when the search finds none. Throws `E_WORKER_NOT_FOUND` when
- * CUDA_WORKER_PATH is set but unusable (never a silent fallback).
+ * CUDA_WORKER_PATH is set but unusable (never a silent fallback), and
+ * `E_INVALID_ARG` naming the field for bad options.
  */
 export declare function findCudaWorkerPath(options?: { baseDir?: string }): string | null
 

@@ -392,7 +392,8 @@ test('body limits: 413 before reading, stalled bodies time out, aborted bodies a
 })
 
 test('memory held by abandoned uploads is given back', async (t) => {
-  const svc = await startService()
+  // 40 MB bodies: over the default --max-body (17 MiB), so raise it.
+  const svc = await startService(['--max-body', String(41 << 20)])
   t.after(svc.stop)
   const rss = () => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${svc.child.pid}/status`, 'utf8'))[1]) * 1024
   await fetch(`${svc.url}/livez`)

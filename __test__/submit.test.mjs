@@ -138,8 +138,8 @@ test('size limit is checked before parsing', async () => {
   }
 })
 
-test('the default 64 MiB limit: a 65 MiB payload_b64 is rejected, a 1 MiB one echoes', async () => {
-  const big = 'A'.repeat(65 * 1024 * 1024)
+test('the default 16 MiB limit: a 17 MiB payload_b64 is rejected, a 1 MiB one echoes', async () => {
+  const big = 'A'.repeat(17 * 1024 * 1024)
   assert.equal((await rejection(submit({ type: 'echo', payload_b64: big }))).code, 'E_TOO_LARGE')
   const bytes = Buffer.alloc(1024 * 1024, 7)
   const r = await submit({ type: 'echo', payload_b64: bytes.toString('base64') })
@@ -217,7 +217,11 @@ test('ESM import works with named and default exports', async () => {
   assert.equal(r.result, 'esm')
 })
 
-test('abort and timeout while a large envelope is being decoded reject promptly', async () => {
+test('abort and timeout while a large envelope is being decoded reject promptly', async (ctx) => {
+  // Over the 16 MiB default: an engine that admits it.
+  const engine = await Engine.open({ maxEnvelopeBytes: 64 * 1024 * 1024 })
+  ctx.after(() => engine.close())
+  const submit = engine.submit.bind(engine)
   const big = Buffer.alloc(40 * 1024 * 1024, 1).toString('base64')
   const ac = new AbortController()
   const t0 = performance.now()

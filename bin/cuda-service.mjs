@@ -39,7 +39,7 @@ const VALUE_FLAGS = [
   ['--port', 'port', ['CUDA_SERVICE_PORT', 'PORT'], '8096', 'port'],
   // Never the generic HOST variable: some shells set it, and it used to rebind the service.
   ['--host', 'host', ['CUDA_SERVICE_HOST'], '127.0.0.1', 'string'],
-  ['--max-body', 'maxBody', ['CUDA_SERVICE_MAX_BODY'], String(65 * MiB), 'posint'],
+  ['--max-body', 'maxBody', ['CUDA_SERVICE_MAX_BODY'], String(17 * MiB), 'posint'],
   ['--max-body-total', 'maxBodyTotal', ['CUDA_SERVICE_MAX_BODY_TOTAL'], undefined, 'posint'],
   ['--body-timeout', 'bodyTimeoutMs', ['CUDA_SERVICE_BODY_TIMEOUT_MS'], '10000', 'posint'],
   ['--headers-timeout', 'headersTimeoutMs', ['CUDA_SERVICE_HEADERS_TIMEOUT_MS'], '10000', 'posint'],

@@ -19,9 +19,9 @@ type Limits struct {
 	MaxJSONDepth int
 }
 
-// DefaultLimits are the engine's defaults: 64 MiB, 64 levels.
+// DefaultLimits are the engine's defaults: 16 MiB, 64 levels.
 func DefaultLimits() Limits {
-	return Limits{MaxEnvelopeBytes: 64 << 20, MaxJSONDepth: 64}
+	return Limits{MaxEnvelopeBytes: 16 << 20, MaxJSONDepth: 64}
 }
 
 // Payload encodings (the envelope's `encoding` field).

@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_PAYLOAD_VALUES: usize = 50_000;
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_envelope_bytes: 64 * 1024 * 1024,
+            max_envelope_bytes: 16 * 1024 * 1024,
             max_json_depth: 64,
             max_payload_values: DEFAULT_MAX_PAYLOAD_VALUES,
         }
