@@ -66,7 +66,11 @@ fn main() {
                     std::process::exit(1);
                 }
             };
-            eprintln!("store N={n}: {} MB on the device, filled in {:.0} ms", s.bytes() >> 20, t.elapsed().as_secs_f64() * 1e3);
+            eprintln!(
+                "store N={n}: {} MB on the device, filled in {:.0} ms",
+                s.bytes() >> 20,
+                t.elapsed().as_secs_f64() * 1e3
+            );
             current = Some((n, s));
         }
         let Some((_, s)) = current.as_ref() else { return };

@@ -78,17 +78,19 @@ fn assert_same(a: &[SearchHits], b: &[SearchHits], what: &str) {
     }
 }
 
-/// fp16: the same rows summed in another order: scores rank by rank within
-/// 1e-4 (relative), ids the same except where scores tie that closely.
+/// fp16: the same rows summed in another order (and, for batches, the
+/// queries rounded to fp16, ~2^-11 relative a component): scores rank by
+/// rank within 4e-3 (relative); ids may differ only among such near-ties
+/// (at most a fifth of them: non-normalized ip data has many).
 fn assert_close(a: &[SearchHits], b: &[SearchHits], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: query count");
     for (qi, (x, y)) in a.iter().zip(b).enumerate() {
         assert_eq!(x.ids.len(), y.ids.len(), "{what}: hit count of query {qi}");
         for (r, (s, t)) in x.scores.iter().zip(&y.scores).enumerate() {
-            assert!((s - t).abs() <= 1e-4 * t.abs().max(1.0), "{what}: query {qi} rank {r}: {s} vs {t}");
+            assert!((s - t).abs() <= 4e-3 * t.abs().max(1.0), "{what}: query {qi} rank {r}: {s} vs {t}");
         }
         let differ = x.ids.iter().zip(&y.ids).filter(|(i, j)| i != j).count();
-        assert!(differ * 20 <= x.ids.len().max(20), "{what}: query {qi}: {differ} ids differ");
+        assert!(differ * 5 <= x.ids.len().max(5), "{what}: query {qi}: {differ} ids differ");
     }
 }
 
@@ -342,7 +344,7 @@ fn updates_removes_compaction_growth_match_cpu() {
             assert_eq!(g.remove(&rm).unwrap(), c.remove(&rm).unwrap());
             check("remove + compaction");
             let res = g.search(qs.clone(), 100, None).unwrap();
-            assert!(res.iter().all(|r| r.ids.iter().all(|i| id_u64(i) % 5 == 0)), "a removed id came back");
+            assert!(res.iter().all(|r| r.ids.iter().all(|i| id_u64(i).is_multiple_of(5))), "a removed id came back");
             assert_same(
                 &g.search(qs.clone(), 10, Some("x")).unwrap(),
                 &c.search(qs.clone(), 10, Some("x")).unwrap(),
@@ -385,9 +387,8 @@ fn oom_is_coded_and_the_index_keeps_working() {
     let mut fcfg = cfg(d, Metric::Ip, Dtype::F16, DevicePreference::Cuda(Some(0)));
     fcfg.capacity = free.saturating_sub(leave) / (384 * 2 + 4);
     let filler = VectorIndex::create(fcfg, None).unwrap();
-    let e =
-        s.upsert(ids(1000..cap as u64 + 1), data[..(cap - 999) * d].iter().chain(&data[..d]).copied().collect(), None);
-    let e = e.err().expect("growth past the card must fail");
+    let e = s.upsert(ids(1000..cap as u64 + 1), data[..(cap - 999) * d].to_vec(), None);
+    let e = e.expect_err("growth past the card must fail");
     assert_eq!(e.code, ErrorCode::GpuOom, "{e:?}");
     eprintln!("growth failure: {}", e.message);
     assert_eq!(s.len(), 1000);
@@ -396,9 +397,8 @@ fn oom_is_coded_and_the_index_keeps_working() {
     s.upsert(ids(1000..1010), data[..10 * d].to_vec(), None).unwrap();
     assert_eq!(s.len(), 1010);
     drop(filler);
-    s.upsert(ids(1010..cap as u64 + 1), data[..(cap - 1009) * d].iter().chain(&data[..d]).copied().collect(), None)
-        .unwrap();
+    s.upsert(ids(1010..cap as u64 + 1), data[..(cap - 1009) * d].to_vec(), None).unwrap();
     assert_eq!(s.len(), cap + 1);
-    assert!(s.info().unwrap().capacity >= cap + 1);
+    assert!(s.info().unwrap().capacity > cap);
     eprintln!("E_GPU_OOM at creation and at growth; the index kept working and grew once memory was free");
 }

@@ -31,10 +31,15 @@
 //! - fp16, larger batches: cuBLAS `gemm_ex` (fp16 in, fp32 accumulate and
 //!   out, `CUBLAS_COMPUTE_32F`; no TF32: the inputs are fp16) over chunks of
 //!   rows into a score workspace of at most `SCORE_WS_BYTES` (256 MiB; env
-//!   `CUDA_ENGINE_VECTOR_WS_MB`), each chunk followed by `select_u*`. The
-//!   whole B × N score matrix never exists for large B.
+//!   `CUDA_ENGINE_VECTOR_WS_MB`), each chunk followed by `select`. The
+//!   whole B × N score matrix never exists for large B (B = 1024: chunks of
+//!   65,536 rows). The queries are rounded to fp16 for the GEMM (≈ 2⁻¹¹
+//!   relative per component; for unit vectors ~1e-5 on a score).
 //!
-//! Each path writes per-(query, block) partial top-k lists; `merge` reduces
+//! Every block publishes its k-th best per query (`atomicMax` on a per-query
+//! bound) and starts from the best bound so far, so after the first blocks
+//! almost nothing enters a selection buffer. Each path writes
+//! per-(query, block) partial top-k lists; `merge` reduces
 //! them exactly (partial memory bounded by `PARTIAL_BYTES`, merged in place
 //! when a search needs more). Filtering (namespace tag / tombstone / `len`)
 //! happens inside the kernels; ties go to the lower slot (the 64-bit
@@ -90,7 +95,7 @@ macro_rules! params {
 struct VecKernels {
     scan_f32: [CudaFunction; 4],
     scan_f16: [CudaFunction; 4],
-    select: [CudaFunction; 3],
+    select: CudaFunction,
     merge: CudaFunction,
     scatter_f32: CudaFunction,
     scatter_f16: CudaFunction,
@@ -160,7 +165,7 @@ fn load_kernels(ctx: &Arc<CudaContext>, dims: usize, ld: usize) -> Result<Arc<Ve
     let k = Arc::new(VecKernels {
         scan_f32: [f("scan_f32_q1", true)?, f("scan_f32_q2", true)?, f("scan_f32_q4", true)?, f("scan_f32_q8", true)?],
         scan_f16: [f("scan_f16_q1", true)?, f("scan_f16_q2", true)?, f("scan_f16_q4", true)?, f("scan_f16_q8", true)?],
-        select: [f("select_u1", true)?, f("select_u2", true)?, f("select_u4", true)?],
+        select: f("select", true)?,
         merge: f("merge", true)?,
         scatter_f32: f("scatter_f32", false)?,
         scatter_f16: f("scatter_f16", false)?,
@@ -260,6 +265,8 @@ impl Dev {
 struct Tune {
     score_ws: usize,
     gemm_min_batch: usize,
+    /// Blocks per SM of the fp16 scan (env CUDA_ENGINE_VECTOR_SCAN_BPS).
+    scan_bps: usize,
 }
 
 impl Tune {
@@ -268,6 +275,7 @@ impl Tune {
         Tune {
             score_ws: num("CUDA_ENGINE_VECTOR_WS_MB").map_or(SCORE_WS_BYTES, |m| m.clamp(1, 1 << 16) << 20),
             gemm_min_batch: num("CUDA_ENGINE_VECTOR_GEMM_MIN_B").unwrap_or(GEMM_MIN_BATCH),
+            scan_bps: num("CUDA_ENGINE_VECTOR_SCAN_BPS").map_or(4, |v| v.clamp(1, 32)),
         }
     }
 }
@@ -517,7 +525,6 @@ fn run_search(
         nchunks: usize,
         pc: usize,
         pcap: usize,
-        u: usize,
         c: usize,
         s: usize,
     }
@@ -525,13 +532,15 @@ fn run_search(
     let mut carve = Carve(0);
     let q_off = carve.take(qhost.bytes());
     let res_off = carve.take(list_bytes);
+    let thr_off = carve.take(nq * 8);
     let (scan, gemmp, part_off, score_off) = if !a.gemm {
         let pr = if shape.dtype == Dtype::F32 { 32 } else { (BLOCK as usize / g16(shape.ld)) * 4 };
         let (c, s) = sel_dims(k, pr);
         let (qi, q) = pick_q(nq, s, shape.ld, kk.smem_max)
             .ok_or_else(|| err!(Internal, "k = {k} needs more shared memory than the device has"))?;
         let max_p = (PARTIAL_BYTES / list_bytes).max(1);
-        let p = (2 * sms).min(len.div_ceil(256)).min(max_p).max(1);
+        let per_sm = if shape.dtype == Dtype::F16 { shape.tune.scan_bps } else { 2 };
+        let p = (per_sm * sms).min(len.div_ceil(256)).min(max_p).max(1);
         let part = carve.take(p * list_bytes);
         (Some(ScanPlan { qi, q, p, c, s }), None, part, 0)
     } else {
@@ -542,16 +551,25 @@ fn run_search(
         let pc = (2 * sms).div_ceil(nq).clamp(1, per_chunk_rows);
         let budget = (PARTIAL_BYTES / list_bytes).max(pc + 1);
         let pcap = (nchunks * pc).min(budget).max(pc + 1);
-        let (u, pr) = if k.next_power_of_two() <= 512 { (1usize, 512usize) } else { (0, 256) };
-        let (c, s) = sel_dims(k, pr);
+        // 256 threads × 2 float4 a round.
+        let pr = BLOCK as usize * 8;
+        let c = k.next_power_of_two();
+        let mut s = (c + pr).next_power_of_two();
+        if s - c < 2 * pr && sel_bytes(1, 2 * s) <= kk.smem_max {
+            s *= 2;
+        }
         let part = carve.take(pcap * list_bytes);
-        let score = carve.take(chunk * nq * 4);
-        (None, Some(GemmPlan { chunk, nchunks, pc, pcap, u, c, s }), part, score)
+        let score = carve.take(chunk.div_ceil(4) * 4 * nq * 4);
+        (None, Some(GemmPlan { chunk, nchunks, pc, pcap, c, s }), part, score)
     };
     let base = ensure_arena(dev, carve.0)?;
     let qdev = base + q_off as u64;
     let res = base + res_off as u64;
     let parts = base + part_off as u64;
+    let gthr = base + thr_off as u64;
+    // SAFETY: the threshold region holds nq u64 (zero: no bound yet).
+    unsafe { drv::memset_d8_async(gthr, 0, nq * 8, st.cu_stream()) }
+        .map_err(|e| driver_err(e, "clearing the thresholds"))?;
 
     // SAFETY: the query region holds qhost.bytes() bytes; the host vector
     // lives until the synchronize at the end of the task.
@@ -569,7 +587,7 @@ fn run_search(
     let (mode, tagv) = (a.mode, a.tagv);
     let merge = |np: usize, ptot: usize, out: CUdeviceptr, out_stride: i64| -> Result<()> {
         let (np_i, ptot_i, c_i, s_i) = (np as i32, ptot as i32, mc as i32, ms as i32);
-        let mut p = params!(parts, ptot_i, np_i, k_i, s_i, c_i, out, out_stride);
+        let mut p = params!(parts, ptot_i, np_i, k_i, s_i, c_i, out, out_stride, gthr);
         // SAFETY: parts holds nq × ptot lists of k composites (np ≤ ptot
         // written); out + qi·out_stride has room for k for every qi < nq.
         unsafe { launch(&kk.merge, nq as u32, BLOCK, sel_bytes(1, ms), st, &mut p, "merge") }
@@ -582,7 +600,7 @@ fn run_search(
             Dtype::F32 => &kk.scan_f32[sp.qi],
             Dtype::F16 => &kk.scan_f16[sp.qi],
         };
-        let mut p = params!(rows, tags, norms, qdev, nq_i, len_i, mode, tagv, l2, k_i, s_i, c_i, p_i, parts);
+        let mut p = params!(rows, tags, norms, qdev, nq_i, len_i, mode, tagv, l2, k_i, s_i, c_i, p_i, parts, gthr);
         // SAFETY: rows/tags/norms hold ≥ len rows (len ≤ capacity); the
         // queries nq × dims fp32; parts nq × P lists of k; the shared memory
         // asked for is what the kernel carves (≤ the opt-in set at load).
@@ -604,9 +622,11 @@ fn run_search(
             let alpha = 1.0f32;
             let beta = 0.0f32;
             let a_ptr = rows + (row0 * shape.ld * 2) as u64;
+            // Score rows padded to 4 (float4 reads); chunk is a multiple of 256.
+            let ldc = nrows.div_ceil(4) * 4;
             // SAFETY: A = rows row0..row0+nrows (ld halves each, inside the
             // row buffer), B = the nq fp16 queries (ld each), C = nrows × nq
-            // fp32 inside the score region (chunk × nq); host scalars as
+            // fp32 (ldc ≤ chunk) inside the score region (chunk × nq); host scalars as
             // COMPUTE_32F expects; the handle runs on our stream.
             unsafe {
                 blas::gemm_ex(
@@ -626,22 +646,23 @@ fn run_search(
                     &beta as *const f32 as *const c_void,
                     scores as *mut c_void,
                     blas_sys::cudaDataType::CUDA_R_32F,
-                    nrows as i32,
+                    ldc as i32,
                     blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                     blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                 )
             }
             .map_err(|e| cublas_err(e, "the score GEMM"))?;
-            let (ld_i, row0_i, nrows_i) = (nrows as i32, row0 as i32, nrows as i32);
+            let (ld_i, row0_i, nrows_i) = (ldc as i32, row0 as i32, nrows as i32);
             let (c_i, s_i, pc_i, ptot_i, pbase_i) =
                 (gp.c as i32, gp.s as i32, gp.pc as i32, gp.pcap as i32, used as i32);
             let mut p = params!(
-                scores, ld_i, row0_i, nrows_i, tags, norms, mode, tagv, l2, k_i, s_i, c_i, pc_i, parts, ptot_i, pbase_i
+                scores, ld_i, row0_i, nrows_i, tags, norms, mode, tagv, l2, k_i, s_i, c_i, pc_i, parts, ptot_i,
+                pbase_i, gthr
             );
             // SAFETY: scores holds nq × nrows fp32 (ld nrows); tags/norms
             // cover row0 + nrows ≤ len rows; lists pbase..pbase+pc < pcap.
             unsafe {
-                launch(&kk.select[gp.u], (gp.pc * nq) as u32, BLOCK, sel_bytes(1, gp.s), st, &mut p, "select")?;
+                launch(&kk.select, (gp.pc * nq) as u32, BLOCK, sel_bytes(1, gp.s), st, &mut p, "select")?;
             }
             used += gp.pc;
         }
@@ -743,7 +764,8 @@ impl Store for CudaStore {
             let rb = shape.row_bytes();
             let chunk = (STAGE_BYTES / rb).clamp(1, n);
             // Allocate first: a failure leaves the store unchanged.
-            let stage = DevBuf::new(chunk * rb + 2 * crate::backend::cuda::mem::align_up(chunk * 4), "upload staging")?;
+            let a = crate::backend::cuda::mem::align_up;
+            let stage = DevBuf::new(a(chunk * rb) + 2 * a(chunk * 4), "upload staging")?;
             let s_rows = stage.ptr();
             let s_slots = s_rows + crate::backend::cuda::mem::align_up(chunk * rb) as u64;
             let s_tags = s_slots + crate::backend::cuda::mem::align_up(chunk * 4) as u64;

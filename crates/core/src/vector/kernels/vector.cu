@@ -56,13 +56,19 @@ struct Sel {
     int c;   // C (power of two >= k)
     int k;
     int pr;  // most pushes per query in one round
+    u64* g;  // global per-query thresholds of this block's first query (or null)
+    int nv;  // queries of this block that exist (g[0..nv))
 };
 
 __device__ __forceinline__ void sel_init(const Sel& s) {
-    for (int i = threadIdx.x; i < s.q * s.s; i += blockDim.x) s.a[i] = 0ull;
+    // Only the kept part needs zeros: a flush zero-fills the unused buffer.
+    for (int i = threadIdx.x; i < s.q * s.c; i += blockDim.x) s.a[(i / s.c) * s.s + (i % s.c)] = 0ull;
     for (int i = threadIdx.x; i < s.q; i += blockDim.x) {
         s.cnt[i] = 0;
-        s.thr[i] = 0ull;
+        // Another block's k-th best is a valid bound: it has k entries at or
+        // above it, so nothing at or below it can be in the final top-k
+        // (except that entry itself, which its own block keeps).
+        s.thr[i] = (s.g != 0 && i < s.nv) ? s.g[i] : 0ull;
     }
     __syncthreads();
 }
@@ -74,17 +80,23 @@ __device__ __forceinline__ void sel_push(const Sel& s, int q, u64 v) {
     }
 }
 
-// Block-wide: sort every query's array whose buffer holds anything.
+// Block-wide: for every query whose buffer holds anything, sort the kept C
+// plus the buffered entries (the first T = pow2 >= C + max count entries,
+// the rest of those T zero-filled), so a flush costs what it holds.
 __device__ void sel_flush(const Sel& s) {
     __syncthreads();
-    const int buf = s.s - s.c;
-    for (int i = threadIdx.x; i < s.q * buf; i += blockDim.x) {
-        int q = i / buf, j = i - q * buf;
+    u32 most = 0;
+    for (int q = 0; q < s.q; ++q) most = max(most, s.cnt[q]);
+    int T = s.c;
+    while (T < s.c + (int)most) T <<= 1;
+    const int fill = T - s.c;
+    for (int i = threadIdx.x; i < s.q * fill; i += blockDim.x) {
+        int q = i / fill, j = i - q * fill;
         if ((u32)j >= s.cnt[q]) s.a[q * s.s + s.c + j] = 0ull;
     }
     __syncthreads();
-    const int half = s.s >> 1;
-    for (int size = 2; size <= s.s; size <<= 1) {
+    const int half = T >> 1;
+    for (int size = 2; size <= T; size <<= 1) {
         for (int stride = size >> 1; stride > 0; stride >>= 1) {
             for (int t = threadIdx.x; t < s.q * half; t += blockDim.x) {
                 int q = t / half, i = t - q * half;
@@ -103,7 +115,14 @@ __device__ void sel_flush(const Sel& s) {
         }
     }
     for (int q = threadIdx.x; q < s.q; q += blockDim.x) {
-        if (s.cnt[q] != 0) s.thr[q] = s.a[q * s.s + s.k - 1];
+        if (s.cnt[q] != 0) {
+            u64 t = s.a[q * s.s + s.k - 1];
+            if (s.g != 0 && q < s.nv && t != 0ull) {
+                u64 old = atomicMax(&s.g[q], t);
+                t = old > t ? old : t;
+            }
+            s.thr[q] = t > s.thr[q] ? t : s.thr[q];
+        }
     }
     __syncthreads();
     for (int q = threadIdx.x; q < s.q; q += blockDim.x) s.cnt[q] = 0;
@@ -135,8 +154,10 @@ __device__ __forceinline__ void sel_write(const Sel& s, int q, u64* out) {
     for (int j = threadIdx.x; j < s.k; j += blockDim.x) out[j] = s.a[q * s.s + j];
 }
 
-__device__ __forceinline__ Sel sel_make(unsigned char* smem, int q, int S, int C, int k, int pr) {
+__device__ __forceinline__ Sel sel_make(unsigned char* smem, int q, int S, int C, int k, int pr, u64* g, int nv) {
     Sel s;
+    s.g = g;
+    s.nv = nv;
     s.a = reinterpret_cast<u64*>(smem);
     s.thr = s.a + q * S;
     s.cnt = reinterpret_cast<u32*>(s.thr + q);
@@ -163,12 +184,12 @@ __device__ __forceinline__ Sel sel_make(unsigned char* smem, int q, int S, int C
 template <int Q>
 __device__ void scan_f32_body(const float* __restrict__ rows, const u32* __restrict__ tags,
                               const float* __restrict__ norms, const float* __restrict__ queries, int nq,
-                              int len, u32 mode, u32 tagv, int l2, int k, int S, int C, int P, u64* __restrict__ out) {
+                              int len, u32 mode, u32 tagv, int l2, int k, int S, int C, int P, u64* __restrict__ out, u64* gthr) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int pb = blockIdx.x % P;
     const int q0 = (blockIdx.x / P) * Q;
     const int nqb = min(Q, nq - q0);
-    Sel sel = sel_make(smem, Q, S, C, k, 32);
+    Sel sel = sel_make(smem, Q, S, C, k, 32, gthr + q0, nqb);
     float* qs = reinterpret_cast<float*>(smem + ((SEL_BYTES(Q, S) + 15) & ~(size_t)15));
     for (int i = threadIdx.x; i < Q * DIMS; i += blockDim.x) {
         int q = i / DIMS;
@@ -225,8 +246,8 @@ __device__ void scan_f32_body(const float* __restrict__ rows, const u32* __restr
 #define SCAN_F32(Q)                                                                                                \
     extern "C" __global__ void __launch_bounds__(256) scan_f32_q##Q(                                              \
         const float* rows, const u32* tags, const float* norms, const float* queries, int nq, int len, u32 mode, \
-        u32 tagv, int l2, int k, int S, int C, int P, u64* out) {                                                 \
-        scan_f32_body<Q>(rows, tags, norms, queries, nq, len, mode, tagv, l2, k, S, C, P, out);                     \
+        u32 tagv, int l2, int k, int S, int C, int P, u64* out, u64* gthr) {                                      \
+        scan_f32_body<Q>(rows, tags, norms, queries, nq, len, mode, tagv, l2, k, S, C, P, out, gthr);                     \
     }
 SCAN_F32(1)
 SCAN_F32(2)
@@ -243,18 +264,19 @@ SCAN_F32(8)
 // grid (P * ceil(nq/Q)) (block b: split b % P, query group b / P); block 256; dynamic smem SEL_BYTES(Q,S) + Q*LD*4.
 
 #define NCH (LD / 8)
+#define CPT ((NCH + G16 - 1) / G16)
 #define F16_R 4
 
 template <int Q>
 __device__ void scan_f16_body(const u16* __restrict__ rows, const u32* __restrict__ tags,
                               const float* __restrict__ norms, const float* __restrict__ queries, int nq,
-                              int len, u32 mode, u32 tagv, int l2, int k, int S, int C, int P, u64* __restrict__ out) {
+                              int len, u32 mode, u32 tagv, int l2, int k, int S, int C, int P, u64* __restrict__ out, u64* gthr) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int pb = blockIdx.x % P;
     const int q0 = (blockIdx.x / P) * Q;
     const int nqb = min(Q, nq - q0);
     const int ngrp = blockDim.x / G16;
-    Sel sel = sel_make(smem, Q, S, C, k, ngrp * F16_R);
+    Sel sel = sel_make(smem, Q, S, C, k, ngrp * F16_R, gthr + q0, nqb);
     float* qs = reinterpret_cast<float*>(smem + ((SEL_BYTES(Q, S) + 15) & ~(size_t)15));
     for (int i = threadIdx.x; i < Q * LD; i += blockDim.x) {
         int q = i / LD, j = i - q * LD;
@@ -271,7 +293,6 @@ __device__ void scan_f16_body(const u16* __restrict__ rows, const u32* __restric
     for (int base = lo; base < hi; base += step) {
         float acc[F16_R][Q];
         bool ok[F16_R];
-        uint4 xv[F16_R];
 #pragma unroll
         for (int r = 0; r < F16_R; ++r) {
             const int row = base + r * ngrp + grp;
@@ -279,23 +300,32 @@ __device__ void scan_f16_body(const u16* __restrict__ rows, const u32* __restric
 #pragma unroll
             for (int q = 0; q < Q; ++q) acc[r][q] = 0.0f;
         }
-        for (int c = lane; c < NCH; c += G16) {
+        uint4 xv[F16_R][CPT];
 #pragma unroll
-            for (int r = 0; r < F16_R; ++r) {
-                const int row = base + r * ngrp + grp;
-                xv[r] = ok[r] ? *reinterpret_cast<const uint4*>(rows + (size_t)row * LD + c * 8) : make_uint4(0, 0, 0, 0);
+        for (int r = 0; r < F16_R; ++r) {
+            const int row = base + r * ngrp + grp;
+#pragma unroll
+            for (int m = 0; m < CPT; ++m) {
+                const int c = lane + m * G16;
+                xv[r][m] = (ok[r] && c < NCH) ? __ldcs(reinterpret_cast<const uint4*>(rows + (size_t)row * LD + c * 8))
+                                              : make_uint4(0, 0, 0, 0);
             }
+        }
+#pragma unroll
+        for (int m = 0; m < CPT; ++m) {
+            const int c = lane + m * G16;
+            if (c >= NCH) break;
 #pragma unroll
             for (int r = 0; r < F16_R; ++r) {
                 float x[8];
-                x[0] = h2f((u16)(xv[r].x & 0xffffu));
-                x[1] = h2f((u16)(xv[r].x >> 16));
-                x[2] = h2f((u16)(xv[r].y & 0xffffu));
-                x[3] = h2f((u16)(xv[r].y >> 16));
-                x[4] = h2f((u16)(xv[r].z & 0xffffu));
-                x[5] = h2f((u16)(xv[r].z >> 16));
-                x[6] = h2f((u16)(xv[r].w & 0xffffu));
-                x[7] = h2f((u16)(xv[r].w >> 16));
+                x[0] = h2f((u16)(xv[r][m].x & 0xffffu));
+                x[1] = h2f((u16)(xv[r][m].x >> 16));
+                x[2] = h2f((u16)(xv[r][m].y & 0xffffu));
+                x[3] = h2f((u16)(xv[r][m].y >> 16));
+                x[4] = h2f((u16)(xv[r][m].z & 0xffffu));
+                x[5] = h2f((u16)(xv[r][m].z >> 16));
+                x[6] = h2f((u16)(xv[r][m].w & 0xffffu));
+                x[7] = h2f((u16)(xv[r][m].w >> 16));
 #pragma unroll
                 for (int q = 0; q < Q; ++q) {
                     const float4 a = *reinterpret_cast<const float4*>(qs + q * LD + c * 8);
@@ -343,8 +373,8 @@ __device__ void scan_f16_body(const u16* __restrict__ rows, const u32* __restric
 #define SCAN_F16(Q)                                                                                                \
     extern "C" __global__ void __launch_bounds__(256) scan_f16_q##Q(                                              \
         const u16* rows, const u32* tags, const float* norms, const float* queries, int nq, int len, u32 mode,   \
-        u32 tagv, int l2, int k, int S, int C, int P, u64* out) {                                                 \
-        scan_f16_body<Q>(rows, tags, norms, queries, nq, len, mode, tagv, l2, k, S, C, P, out);                     \
+        u32 tagv, int l2, int k, int S, int C, int P, u64* out, u64* gthr) {                                      \
+        scan_f16_body<Q>(rows, tags, norms, queries, nq, len, mode, tagv, l2, k, S, C, P, out, gthr);                     \
     }
 SCAN_F16(1)
 SCAN_F16(2)
@@ -354,37 +384,49 @@ SCAN_F16(8)
 // ---------------------------------------------------------------------------
 // Batches (fp16): select from a chunk of the score matrix that cuBLAS wrote,
 // scores[qi*ld + r] = dot(query qi, row row0 + r), r < nrows.
-// grid (P * nq) (block b: split b % P, query b / P); block 256; U scores per thread per round; dynamic smem
-// SEL_BYTES(1,S). Writes partial list (qi, pbase + blockIdx.x) of Ptot.
+// grid (P * nq) (block b: split b % P, query b / P); block 256; 2 float4 of
+// scores per thread per round; dynamic smem SEL_BYTES(1,S). Writes partial
+// list (qi, pbase + split) of ptot.
 
-template <int U>
-__device__ void select_body(const float* __restrict__ scores, int ld, int row0, int nrows,
-                            const u32* __restrict__ tags, const float* __restrict__ norms, u32 mode, u32 tagv, int l2,
-                            int k, int S, int C, int P, u64* __restrict__ out, int ptot, int pbase) {
-    extern __shared__ __align__(16) unsigned char smem[];
-    Sel sel = sel_make(smem, 1, S, C, k, (int)blockDim.x * U);
-    sel_init(sel);
+// Scores are read as float4: ld is a multiple of 4 and so is every split.
+#define SEL_V 2
+extern "C" __global__ void __launch_bounds__(256) select(const float* __restrict__ scores, int ld, int row0, int nrows,
+                                                         const u32* __restrict__ tags, const float* __restrict__ norms,
+                                                         u32 mode, u32 tagv, int l2, int k, int S, int C, int P,
+                                                         u64* __restrict__ out, int ptot, int pbase, u64* gthr) {
+    extern __shared__ __align__(16) unsigned char smem_s[];
     const int pb = blockIdx.x % P;
     const int qi = blockIdx.x / P;
-    int per = (nrows + P - 1) / P;
+    Sel sel = sel_make(smem_s, 1, S, C, k, (int)blockDim.x * SEL_V * 4, gthr + qi, 1);
+    sel_init(sel);
+    const int n4 = (nrows + 3) / 4;
+    const int per = (n4 + P - 1) / P;
     const int lo = pb * per;
-    const int hi = min(nrows, lo + per);
-    const float* sc = scores + (size_t)qi * ld;
-    for (int base = lo; base < hi; base += blockDim.x * U) {
-        float v[U];
-        bool ok[U];
+    const int hi = min(n4, lo + per);
+    const float4* sc = reinterpret_cast<const float4*>(scores + (size_t)qi * ld);
+    const u64 thr0 = sel.thr[0];
+    for (int base = lo; base < hi; base += blockDim.x * SEL_V) {
+        float4 v[SEL_V];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int r = base + u * blockDim.x + threadIdx.x;
-            ok[u] = r < hi && admits(tags[row0 + min(r, nrows - 1)], mode, tagv);
-            v[u] = ok[u] ? sc[r] : 0.0f;
+        for (int u = 0; u < SEL_V; ++u) {
+            const int j = base + u * blockDim.x + threadIdx.x;
+            v[u] = j < hi ? __ldcs(sc + j) : make_float4(0.f, 0.f, 0.f, 0.f);
         }
+        const u64 thr = sel.thr[0] > thr0 ? sel.thr[0] : thr0;
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            if (ok[u]) {
-                const int r = base + u * blockDim.x + threadIdx.x;
-                float key = l2 ? -__fsub_rn(norms[row0 + r], __fmul_rn(2.0f, v[u])) : v[u];
-                sel_push(sel, 0, pack(key, (u32)(row0 + r)));
+        for (int u = 0; u < SEL_V; ++u) {
+            const int j = base + u * blockDim.x + threadIdx.x;
+            if (j >= hi) continue;
+            const float e[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+            for (int t = 0; t < 4; ++t) {
+                const int r = 4 * j + t;
+                if (r >= nrows) break;
+                const int row = row0 + r;
+                float key = e[t];
+                if (l2) key = -__fsub_rn(norms[row], __fmul_rn(2.0f, key));
+                const u64 c = pack(key, (u32)row);
+                if (c > thr && admits(tags[row], mode, tagv)) sel_push(sel, 0, c);
             }
         }
         sel_round(sel);
@@ -393,27 +435,20 @@ __device__ void select_body(const float* __restrict__ scores, int ld, int row0, 
     sel_write(sel, 0, out + ((size_t)qi * ptot + pbase + pb) * k);
 }
 
-#define SELECT(U)                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(256) select_u##U(                                                \
-        const float* scores, int ld, int row0, int nrows, const u32* tags, const float* norms, u32 mode, u32 tagv, \
-        int l2, int k, int S, int C, int P, u64* out, int ptot, int pbase) {                                      \
-        select_body<U>(scores, ld, row0, nrows, tags, norms, mode, tagv, l2, k, S, C, P, out, ptot, pbase);          \
-    }
-SELECT(1)
-SELECT(2)
-SELECT(4)
-
 // ---------------------------------------------------------------------------
 // Merge: for query blockIdx.x, the best k of lists parts[(qi*ptot + p)*k ..]
 // for p < np, written to out + qi*out_stride (may be list 0 itself: every
 // entry is read before anything is written). grid (nq); block 256.
 
 extern "C" __global__ void __launch_bounds__(256) merge(const u64* parts, int ptot, int np, int k, int S, int C,
-                                                        u64* out, long long out_stride) {
+                                                        u64* out, long long out_stride, const u64* gthr) {
     extern __shared__ __align__(16) unsigned char smem_m[];
-    Sel sel = sel_make(smem_m, 1, S, C, k, (int)blockDim.x);
+    Sel sel = sel_make(smem_m, 1, S, C, k, (int)blockDim.x, 0, 0);
     sel_init(sel);
     const int qi = blockIdx.x;
+    // The final bound: its own entry (== bound) must still be admitted.
+    if (threadIdx.x == 0 && gthr != 0 && gthr[qi] != 0ull) sel.thr[0] = gthr[qi] - 1ull;
+    __syncthreads();
     const u64* src = parts + (size_t)qi * ptot * k;
     const int total = np * k;
     for (int base = 0; base < total; base += blockDim.x) {
