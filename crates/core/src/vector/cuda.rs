@@ -36,6 +36,10 @@
 //!   65,536 rows). The queries are rounded to fp16 for the GEMM (≈ 2⁻¹¹
 //!   relative per component; for unit vectors ~1e-5 on a score).
 //!
+//! - fp16, experimental (off unless CUDA_ENGINE_VECTOR_MMA_MAX_B is set):
+//!   `mma_scan`, mma.sync m16n8k16 tensor-core products of 32 queries a
+//!   block fused with the selection (no score matrix at all).
+//!
 //! Every block publishes its k-th best per query (`atomicMax` on a per-query
 //! bound) and starts from the best bound so far, so after the first blocks
 //! almost nothing enters a selection buffer. Each path writes
@@ -77,6 +81,13 @@ const CUBLAS_WS_BYTES: usize = 32 << 20;
 const STAGE_BYTES: usize = 64 << 20;
 /// Default: batches above this many queries take the GEMM path (fp16).
 const GEMM_MIN_BATCH: usize = 8;
+/// Default largest batch of the fused tensor-core path (fp16, dims % 16 == 0,
+/// k ≤ 128): off. On the H200 it was exact (the fp16 tests) but slower than
+/// cuBLAS + select (N=1M, B=64: 1.76 ms vs 0.77 ms; 10M: 13.9 vs 4.3): its
+/// fragments come straight from global memory, 4 warps a block, 1–2 blocks
+/// an SM. Kept behind CUDA_ENGINE_VECTOR_MMA_MAX_B for the next step
+/// (cp.async staging through shared memory, ldmatrix, more warps).
+const MMA_MAX_BATCH: usize = 0;
 /// Threads per block of every search kernel.
 const BLOCK: u32 = 256;
 /// Shared memory a search block may use (keeps 2+ blocks per SM).
@@ -97,6 +108,7 @@ struct VecKernels {
     scan_f16: [CudaFunction; 4],
     select: CudaFunction,
     merge: CudaFunction,
+    mma_scan: CudaFunction,
     scatter_f32: CudaFunction,
     scatter_f16: CudaFunction,
     set_tags: CudaFunction,
@@ -167,6 +179,7 @@ fn load_kernels(ctx: &Arc<CudaContext>, dims: usize, ld: usize) -> Result<Arc<Ve
         scan_f16: [f("scan_f16_q1", true)?, f("scan_f16_q2", true)?, f("scan_f16_q4", true)?, f("scan_f16_q8", true)?],
         select: f("select", true)?,
         merge: f("merge", true)?,
+        mma_scan: f("mma_scan", true)?,
         scatter_f32: f("scatter_f32", false)?,
         scatter_f16: f("scatter_f16", false)?,
         set_tags: f("set_tags", false)?,
@@ -267,6 +280,9 @@ struct Tune {
     gemm_min_batch: usize,
     /// Blocks per SM of the fp16 scan (env CUDA_ENGINE_VECTOR_SCAN_BPS).
     scan_bps: usize,
+    /// Largest batch of the fused tensor-core path (env
+    /// CUDA_ENGINE_VECTOR_MMA_MAX_B; 0: off).
+    mma_max_batch: usize,
 }
 
 impl Tune {
@@ -276,6 +292,7 @@ impl Tune {
             score_ws: num("CUDA_ENGINE_VECTOR_WS_MB").map_or(SCORE_WS_BYTES, |m| m.clamp(1, 1 << 16) << 20),
             gemm_min_batch: num("CUDA_ENGINE_VECTOR_GEMM_MIN_B").unwrap_or(GEMM_MIN_BATCH),
             scan_bps: num("CUDA_ENGINE_VECTOR_SCAN_BPS").map_or(4, |v| v.clamp(1, 32)),
+            mma_max_batch: num("CUDA_ENGINE_VECTOR_MMA_MAX_B").unwrap_or(MMA_MAX_BATCH),
         }
     }
 }
@@ -395,7 +412,9 @@ impl CudaStore {
             Filter::Live => (0u32, 0u32),
             Filter::Tag(t) => (1u32, t),
         };
-        let gemm = shape.dtype == Dtype::F16 && nq > shape.tune.gemm_min_batch;
+        let batch = shape.dtype == Dtype::F16 && nq > shape.tune.gemm_min_batch;
+        let mma = batch && nq <= shape.tune.mma_max_batch && shape.dims.is_multiple_of(16) && k <= 128;
+        let gemm = batch;
         // Host side: fp32 queries as given for the scans; fp16 padded to ld for cuBLAS.
         let qhost: QHost = if gemm {
             let mut v = vec![0u16; nq * shape.ld];
@@ -408,7 +427,7 @@ impl CudaStore {
         } else {
             QHost::F32(queries[..nq * d].to_vec())
         };
-        let args = SearchArgs { nq, k, len, mode, tagv, gemm, timed };
+        let args = SearchArgs { nq, k, len, mode, tagv, gemm, mma, timed };
         let (comp, ms) = self.with_dev(move |tc, dev| run_search(tc, dev, &shape, &args, &qhost))?;
         let hits = comp.chunks_exact(k).map(|c| c.iter().filter_map(|&x| decode(x)).collect()).collect();
         Ok((hits, ms))
@@ -436,6 +455,8 @@ struct SearchArgs {
     mode: u32,
     tagv: u32,
     gemm: bool,
+    /// The fused tensor-core path (queries as fp16, like `gemm`).
+    mma: bool,
     timed: bool,
 }
 
@@ -533,7 +554,27 @@ fn run_search(
     let q_off = carve.take(qhost.bytes());
     let res_off = carve.take(list_bytes);
     let thr_off = carve.take(nq * 8);
-    let (scan, gemmp, part_off, score_off) = if !a.gemm {
+    struct MmaPlan {
+        g: usize,
+        p: usize,
+        c: usize,
+        s: usize,
+        smem: usize,
+    }
+    let mut mmap: Option<MmaPlan> = None;
+    if a.mma {
+        let c = k.next_power_of_two();
+        let s = (c + 128).next_power_of_two().max(256);
+        let smem = sel_bytes(32, s).div_ceil(16) * 16 + 32 * (shape.ld + 8) * 2;
+        if smem <= kk.smem_max {
+            let max_p = (PARTIAL_BYTES / list_bytes).max(1);
+            let p = (2 * sms).min(len.div_ceil(64)).min(max_p).max(1);
+            mmap = Some(MmaPlan { g: nq.div_ceil(32), p, c, s, smem });
+        }
+    }
+    let (scan, gemmp, part_off, score_off) = if let Some(mp) = &mmap {
+        (None, None, carve.take(mp.p * list_bytes), 0)
+    } else if !a.gemm {
         let pr = if shape.dtype == Dtype::F32 { 32 } else { (BLOCK as usize / g16(shape.ld)) * 4 };
         let (c, s) = sel_dims(k, pr);
         let (qi, q) = pick_q(nq, s, shape.ld, kk.smem_max)
@@ -592,7 +633,18 @@ fn run_search(
         // written); out + qi·out_stride has room for k for every qi < nq.
         unsafe { launch(&kk.merge, nq as u32, BLOCK, sel_bytes(1, ms), st, &mut p, "merge") }
     };
-    if let Some(sp) = scan {
+    if let Some(mp) = mmap {
+        let (c_i, s_i, p_i, g_i) = (mp.c as i32, mp.s as i32, mp.p as i32, mp.g as i32);
+        let mut p = params!(rows, tags, norms, qdev, nq_i, len_i, mode, tagv, l2, k_i, s_i, c_i, p_i, g_i, parts, gthr);
+        // SAFETY: rows/tags/norms hold ≥ len rows; the queries are nq × ld
+        // fp16; parts holds nq × P lists of k; dims % 16 == 0 so every
+        // fragment load stays inside its row; the shared memory asked for
+        // is what the kernel carves (≤ the opt-in set at load).
+        unsafe {
+            launch(&kk.mma_scan, (mp.g * mp.p) as u32, 128, mp.smem, st, &mut p, "mma_scan")?;
+        }
+        merge(mp.p, mp.p, res, k as i64)?;
+    } else if let Some(sp) = scan {
         let groups = nq.div_ceil(sp.q);
         let grid = sp.p * groups;
         let (c_i, s_i, p_i) = (sp.c as i32, sp.s as i32, sp.p as i32);

@@ -382,6 +382,91 @@ SCAN_F16(4)
 SCAN_F16(8)
 
 // ---------------------------------------------------------------------------
+// fp16 batches of up to 32 queries a block, fused: tensor-core products
+// (mma.sync m16n8k16, fp16 in, fp32 accumulate; queries rounded to fp16)
+// of 16 rows a warp against the block's queries, selected in the same pass
+// (no score matrix). Needs DIMS % 16 == 0. grid (G * P): block b serves
+// query group b % G (adjacent blocks share rows: L2 reuse) and split b / G;
+// block 128 (4 warps, 64 rows a round); dynamic smem
+// SEL_BYTES(32,S) (16-aligned) + 32 * (LD + 8) * 2.
+
+#define MQ 32
+#define QLD (LD + 8)
+
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+extern "C" __global__ void __launch_bounds__(128) mma_scan(const u16* __restrict__ rows, const u32* __restrict__ tags,
+                                                           const float* __restrict__ norms, const u16* __restrict__ queries,
+                                                           int nq, int len, u32 mode, u32 tagv, int l2, int k, int S,
+                                                           int C, int P, int G, u64* __restrict__ out, u64* gthr) {
+#if __CUDA_ARCH__ >= 800
+    extern __shared__ __align__(16) unsigned char smem_q[];
+    const int qg = blockIdx.x % G;
+    const int pb = blockIdx.x / G;
+    const int q0 = qg * MQ;
+    const int nqb = min(MQ, nq - q0);
+    Sel sel = sel_make(smem_q, MQ, S, C, k, 64, gthr + q0, nqb);
+    u16* qs = reinterpret_cast<u16*>(smem_q + ((SEL_BYTES(MQ, S) + 15) & ~(size_t)15));
+    for (int i = threadIdx.x; i < MQ * QLD; i += blockDim.x) {
+        int q = i / QLD, j = i - q * QLD;
+        qs[i] = (q < nqb && j < LD) ? queries[(size_t)(q0 + q) * LD + j] : (u16)0;
+    }
+    sel_init(sel);
+    const int per = (len + P - 1) / P;
+    const int lo = pb * per;
+    const int hi = min(len, lo + per);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, t = lane & 3;
+    for (int base = lo; base < hi; base += 64) {
+        const int ra = base + warp * 16 + g;
+        const int rb = ra + 8;
+        const bool oka = ra < hi && admits(tags[ra < len ? ra : len - 1], mode, tagv);
+        const bool okb = rb < hi && admits(tags[rb < len ? rb : len - 1], mode, tagv);
+        const u32* pa = reinterpret_cast<const u32*>(rows + (size_t)(oka ? ra : 0) * LD) + t;
+        const u32* pbp = reinterpret_cast<const u32*>(rows + (size_t)(okb ? rb : 0) * LD) + t;
+        float acc[MQ / 8][4];
+#pragma unroll
+        for (int n = 0; n < MQ / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < DIMS / 16; ++ks) {
+            const u32 a0 = oka ? __ldcs(pa + ks * 8) : 0u;
+            const u32 a1 = okb ? __ldcs(pbp + ks * 8) : 0u;
+            const u32 a2 = oka ? __ldcs(pa + ks * 8 + 4) : 0u;
+            const u32 a3 = okb ? __ldcs(pbp + ks * 8 + 4) : 0u;
+#pragma unroll
+            for (int n = 0; n < MQ / 8; ++n) {
+                const u32* qb = reinterpret_cast<const u32*>(qs + (n * 8 + g) * QLD + ks * 16) + t;
+                mma16816(acc[n], a0, a1, a2, a3, qb[0], qb[4]);
+            }
+        }
+        const float na = (l2 && oka) ? norms[ra] : 0.0f;
+        const float nb = (l2 && okb) ? norms[rb] : 0.0f;
+#pragma unroll
+        for (int n = 0; n < MQ / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int q = n * 8 + 2 * t + (e & 1);
+                const bool ok = (e < 2) ? oka : okb;
+                if (ok && q < nqb) {
+                    const int row = (e < 2) ? ra : rb;
+                    const float sc = acc[n][e];
+                    const float key = l2 ? -((e < 2 ? na : nb) - 2.0f * sc) : sc;
+                    sel_push(sel, q, pack(key, (u32)row));
+                }
+            }
+        }
+        sel_round(sel);
+    }
+    sel_finish(sel);
+    for (int q = 0; q < nqb; ++q) sel_write(sel, q, out + ((size_t)(q0 + q) * P + pb) * k);
+#endif
+}
+
+// ---------------------------------------------------------------------------
 // Batches (fp16): select from a chunk of the score matrix that cuBLAS wrote,
 // scores[qi*ld + r] = dot(query qi, row row0 + r), r < nrows.
 // grid (P * nq) (block b: split b % P, query b / P); block 256; 2 float4 of
