@@ -41,7 +41,7 @@ fs.mkdirSync(out, { recursive: true })
 // The corpus of bench/embed.mjs (bench/baseline/make_corpus.py).
 const file = path.join(out, `corpus-${sentences}.txt`)
 if (!fs.existsSync(file)) {
-  const text = execFileSync(opt('python', 'python3'), [path.join(root, 'bench/baseline/make_corpus.py'), path.join(model, 'vocab.txt'), String(sentences), '0'])
+  const text = execFileSync(opt('python', 'python3'), [path.join(root, 'bench/baseline/make_corpus.py'), path.join(model, 'vocab.txt'), String(sentences), '0'], { maxBuffer: 256 << 20 })
   fs.writeFileSync(file, text)
 }
 const lines = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean)
