@@ -2,7 +2,7 @@
 // misspelled keys do not compile. Every line under a @ts-expect-error must be
 // an error; check-ts.sh also strips the directives and checks that tsc then
 // fails naming each misspelled key.
-import { Engine, embed } from 'cuda-engine'
+import { Engine, VectorIndex, embed } from 'cuda-engine'
 
 export async function typos(): Promise<void> {
   // @ts-expect-error maxEnvelopBytes: misspelled maxEnvelopeBytes
@@ -19,6 +19,23 @@ export async function typos(): Promise<void> {
   await Engine.open({ worker: { mode: 'persistent', poolsize: 2 } })
   // @ts-expect-error drain: the close option is drainMs
   await (await Engine.open()).close({ drain: 10 })
+  // @ts-expect-error metrik: misspelled metric
+  await VectorIndex.create({ dims: 384, metrik: 'ip' })
+  // @ts-expect-error topK: the search option is k
+  await (await VectorIndex.create({ dims: 3 })).search(new Float32Array(3), { topK: 5 })
+  // @ts-expect-error indexName: the engine.search option is index
+  await (await Engine.open()).search('x', { index: 'docs', indexName: 'docs' })
+}
+
+// Vector search types: results per query, string or bigint ids.
+export async function vectors(engine: Engine): Promise<number> {
+  const index: VectorIndex = await engine.createIndex('docs', { dims: 384, metric: 'cosine', dtype: 'fp16' })
+  await index.upsert(['a', 'b'], await engine.embed(['x', 'y']), { namespaces: ['t1', null] })
+  const [hits] = await index.search(new Float32Array(384), { k: 2, namespace: 't1' })
+  const one = await engine.search('x', { index: 'docs', k: 1 })
+  const many = await engine.search(['x', 'y'], { index: 'docs' })
+  const scores: Float32Array = one.scores
+  return hits.ids.length + scores.length + many.length + index.size
 }
 
 // The overloads: one text gives one vector, many give many.
