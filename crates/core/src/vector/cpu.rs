@@ -105,33 +105,53 @@ impl CpuStore {
                 }
             };
             let rows = end - start;
-            for (qi, q) in queries.chunks_exact(d).enumerate() {
-                let top = &mut tops[qi];
-                let mut push = |r: usize, dot: f32| {
-                    let slot = start + r;
-                    if !filter.admits(self.tags[slot]) {
-                        return;
-                    }
-                    let key = match self.metric {
-                        Metric::L2 => -(self.norms[slot] - 2.0 * dot),
-                        Metric::Ip | Metric::Cosine => dot,
-                    };
-                    top.push(Hit { slot: slot as u32, key });
+            let admit = |slot: usize, dot: f32| -> Option<Hit> {
+                if !filter.admits(self.tags[slot]) {
+                    return None;
+                }
+                let key = match self.metric {
+                    Metric::L2 => -(self.norms[slot] - 2.0 * dot),
+                    Metric::Ip | Metric::Cosine => dot,
                 };
-                // Four rows at a time: four independent add chains (one row's
-                // chain is latency-bound), each in the contract's order.
+                Some(Hit { slot: slot as u32, key })
+            };
+            // Two queries × four rows at a time: eight independent add chains
+            // sharing every load (one row's chain is latency-bound), each in
+            // the contract's order, so the bits equal `dot8`'s.
+            let mut qi = 0;
+            while qi < nq {
+                let pair = qi + 1 < nq;
+                let q0 = &queries[qi * d..(qi + 1) * d];
+                let q1 = if pair { &queries[(qi + 1) * d..(qi + 2) * d] } else { q0 };
                 let mut r = 0;
                 while r + 4 <= rows {
-                    let dots = dot8x4(q, &block[r * d..(r + 4) * d]);
-                    for (j, dot) in dots.into_iter().enumerate() {
-                        push(r + j, dot);
+                    let four = &block[r * d..(r + 4) * d];
+                    let dots = if pair { dot8x2x4(q0, q1, four) } else { [dot8x4(q0, four), [0.0; 4]] };
+                    for (j, (&a, &b)) in dots[0].iter().zip(&dots[1]).enumerate() {
+                        if let Some(h) = admit(start + r + j, a) {
+                            tops[qi].push(h);
+                        }
+                        if pair {
+                            if let Some(h) = admit(start + r + j, b) {
+                                tops[qi + 1].push(h);
+                            }
+                        }
                     }
                     r += 4;
                 }
                 while r < rows {
-                    push(r, dot8(q, &block[r * d..(r + 1) * d]));
+                    let x = &block[r * d..(r + 1) * d];
+                    if let Some(h) = admit(start + r, dot8(q0, x)) {
+                        tops[qi].push(h);
+                    }
+                    if pair {
+                        if let Some(h) = admit(start + r, dot8(q1, x)) {
+                            tops[qi + 1].push(h);
+                        }
+                    }
                     r += 1;
                 }
+                qi += 2;
             }
             start = end;
         }
@@ -371,6 +391,65 @@ fn dot8x4_body(q: &[f32], rows: &[f32]) -> [f32; 4] {
     [reduce(l0), reduce(l1), reduce(l2), reduce(l3)]
 }
 
+/// `dot8(q0, row)` and `dot8(q1, row)` for the four consecutive rows in
+/// `rows`, bit-identical to eight `dot8` calls.
+pub(crate) fn dot8x2x4(q0: &[f32], q1: &[f32], rows: &[f32]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(q0: &[f32], q1: &[f32], rows: &[f32]) -> [[f32; 4]; 2] {
+            dot8x2x4_body(q0, q1, rows)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { avx2(q0, q1, rows) };
+        }
+    }
+    dot8x2x4_body(q0, q1, rows)
+}
+
+#[inline(always)]
+fn dot8x2x4_body(q0: &[f32], q1: &[f32], rows: &[f32]) -> [[f32; 4]; 2] {
+    let d = q0.len();
+    let (x0, rest) = rows.split_at(d);
+    let (x1, rest) = rest.split_at(d);
+    let (x2, x3) = rest.split_at(d);
+    let mut a = [[0.0f32; 8]; 8];
+    let full = d / 8 * 8;
+    let chunks = q0[..full]
+        .chunks_exact(8)
+        .zip(q1[..full].chunks_exact(8))
+        .zip(x0[..full].chunks_exact(8))
+        .zip(x1[..full].chunks_exact(8))
+        .zip(x2[..full].chunks_exact(8))
+        .zip(x3[..full].chunks_exact(8));
+    for (((((p, r), b0), b1), b2), b3) in chunks {
+        for j in 0..8 {
+            a[0][j] += p[j] * b0[j];
+            a[1][j] += p[j] * b1[j];
+            a[2][j] += p[j] * b2[j];
+            a[3][j] += p[j] * b3[j];
+            a[4][j] += r[j] * b0[j];
+            a[5][j] += r[j] * b1[j];
+            a[6][j] += r[j] * b2[j];
+            a[7][j] += r[j] * b3[j];
+        }
+    }
+    for i in full..d {
+        let l = i - full;
+        a[0][l] += q0[i] * x0[i];
+        a[1][l] += q0[i] * x1[i];
+        a[2][l] += q0[i] * x2[i];
+        a[3][l] += q0[i] * x3[i];
+        a[4][l] += q1[i] * x0[i];
+        a[5][l] += q1[i] * x1[i];
+        a[6][l] += q1[i] * x2[i];
+        a[7][l] += q1[i] * x3[i];
+    }
+    let reduce = |l: [f32; 8]| ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    [[reduce(a[0]), reduce(a[1]), reduce(a[2]), reduce(a[3])], [reduce(a[4]), reduce(a[5]), reduce(a[6]), reduce(a[7])]]
+}
+
 #[inline(always)]
 fn dot8_body(q: &[f32], x: &[f32]) -> f32 {
     let mut l = [0.0f32; 8];
@@ -411,6 +490,12 @@ mod tests {
             let got = dot8x4(&q, &rows);
             for (r, g) in got.iter().enumerate() {
                 assert_eq!(g.to_bits(), dot8(&q, &rows[r * d..(r + 1) * d]).to_bits(), "d={d} row {r}");
+            }
+            let q1: Vec<f32> = (0..d).map(|i| (i as f32 * 0.123).cos()).collect();
+            let two = dot8x2x4(&q, &q1, &rows);
+            for r in 0..4 {
+                assert_eq!(two[0][r].to_bits(), dot8(&q, &rows[r * d..(r + 1) * d]).to_bits(), "d={d} q0 row {r}");
+                assert_eq!(two[1][r].to_bits(), dot8(&q1, &rows[r * d..(r + 1) * d]).to_bits(), "d={d} q1 row {r}");
             }
         }
     }
