@@ -14,7 +14,11 @@
 //! PyTorch baseline in one go on the GPU machine and prints the ratios.
 //! Args: `[cases]`, e.g. `1000000x1,1000000x64` (default: the five).
 //! Env knobs of the store: CUDA_ENGINE_VECTOR_WS_MB (score workspace of the
-//! batch path), CUDA_ENGINE_VECTOR_GEMM_MIN_B (largest batch of the scan path).
+//! cuBLAS batch path), CUDA_ENGINE_VECTOR_GEMM_MIN_B (largest batch of the
+//! scan path), CUDA_ENGINE_VECTOR_SCAN_BPS (scan blocks per SM),
+//! CUDA_ENGINE_VECTOR_MMA_MAX_B (largest batch of the fused tensor-core
+//! path; 0: off), CUDA_ENGINE_VECTOR_MMA_STAGES / CUDA_ENGINE_VECTOR_MMA_KC
+//! (its cp.async pipeline: stages, values a stage).
 
 use cuda_engine_core::vector::cuda::BenchStore;
 

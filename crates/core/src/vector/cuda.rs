@@ -36,9 +36,12 @@
 //!   65,536 rows). The queries are rounded to fp16 for the GEMM (≈ 2⁻¹¹
 //!   relative per component; for unit vectors ~1e-5 on a score).
 //!
-//! - fp16, experimental (off unless CUDA_ENGINE_VECTOR_MMA_MAX_B is set):
-//!   `mma_scan`, mma.sync m16n8k16 tensor-core products of 32 queries a
-//!   block fused with the selection (no score matrix at all).
+//! - fp16 batches with k ≤ `MMA_MAX_K` (dims % 16 == 0, sm_80+; up to
+//!   `MMA_MAX_BATCH` queries, env CUDA_ENGINE_VECTOR_MMA_MAX_B): `mma_scan`
+//!   instead, mma.sync m16n8k16 tensor-core products (fp16 in, fp32
+//!   accumulate) of 64 queries a block, kept in shared memory, against rows
+//!   streamed through a cp.async pipeline, fused with the selection: no
+//!   score matrix at all, one read of the rows per 64 queries.
 //!
 //! Every block publishes its k-th best per query (`atomicMax` on a per-query
 //! bound) and starts from the best bound so far, so after the first blocks
@@ -81,13 +84,33 @@ const CUBLAS_WS_BYTES: usize = 32 << 20;
 const STAGE_BYTES: usize = 64 << 20;
 /// Default: batches above this many queries take the GEMM path (fp16).
 const GEMM_MIN_BATCH: usize = 8;
-/// Default largest batch of the fused tensor-core path (fp16, dims % 16 == 0,
-/// k ≤ 128): off. On the H200 it was exact (the fp16 tests) but slower than
-/// cuBLAS + select (N=1M, B=64: 1.76 ms vs 0.77 ms; 10M: 13.9 vs 4.3): its
-/// fragments come straight from global memory, 4 warps a block, 1–2 blocks
-/// an SM. Kept behind CUDA_ENGINE_VECTOR_MMA_MAX_B for the next step
-/// (cp.async staging through shared memory, ldmatrix, more warps).
-const MMA_MAX_BATCH: usize = 0;
+/// Default largest batch of the fused tensor-core path `mma_scan` (fp16,
+/// dims % 16 == 0, k ≤ `MMA_MAX_K`, sm_80+, its shared memory within the
+/// device's opt-in); larger batches take cuBLAS + select. On the H200
+/// (N=1M): B=64 0.57 ms fused vs 0.77 cuBLAS; B=256 1.75 vs 1.72; B=1024
+/// 6.5 vs 4.8. Env CUDA_ENGINE_VECTOR_MMA_MAX_B (0: off).
+const MMA_MAX_BATCH: usize = 256;
+/// Largest k of the fused path (its per-query buffers live in shared memory).
+const MMA_MAX_K: usize = 64;
+/// Geometry of `mma_scan` (mirrors vector.cu): queries a block, rows a tile,
+/// pipeline stages, values a stage, padded stage row (halves).
+const MMA_Q: usize = 64;
+const MMA_ROWS: usize = 256;
+const MMA_STAGES: usize = 3;
+const MMA_KC: usize = 64;
+
+/// `mma_scan`'s pipeline (stages, values a stage): the defaults, or env
+/// CUDA_ENGINE_VECTOR_MMA_STAGES (2..=8) / CUDA_ENGINE_VECTOR_MMA_KC (32 or
+/// 64) for measurements. Read once per process (the kernels are cached).
+fn mma_pipe() -> (usize, usize) {
+    static PIPE: OnceLock<(usize, usize)> = OnceLock::new();
+    *PIPE.get_or_init(|| {
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok());
+        let stages = num("CUDA_ENGINE_VECTOR_MMA_STAGES").map_or(MMA_STAGES, |v| v.clamp(2, 8));
+        let kc = num("CUDA_ENGINE_VECTOR_MMA_KC").filter(|&v| v == 32 || v == 64).unwrap_or(MMA_KC);
+        (stages, kc)
+    })
+}
 /// Threads per block of every search kernel.
 const BLOCK: u32 = 256;
 /// Shared memory a search block may use (keeps 2+ blocks per SM).
@@ -116,6 +139,10 @@ struct VecKernels {
     bench_fill: CudaFunction,
     sms: usize,
     smem_max: usize,
+    /// Dynamic shared memory `mma_scan` may use (the device's opt-in).
+    smem_optin: usize,
+    /// `mma_scan` has a body (sm_80+: cp.async, ldmatrix, mma.sync).
+    mma_ok: bool,
 }
 
 fn arch_name(cc: (i32, i32)) -> &'static str {
@@ -149,7 +176,13 @@ fn load_kernels(ctx: &Arc<CudaContext>, dims: usize, ld: usize) -> Result<Arc<Ve
     let opts = CompileOptions {
         arch: Some(arch_name(cc)),
         fmad: Some(false),
-        options: vec![format!("-DDIMS={dims}"), format!("-DLD={ld}"), format!("-DG16={}", g16(ld))],
+        options: vec![
+            format!("-DDIMS={dims}"),
+            format!("-DLD={ld}"),
+            format!("-DG16={}", g16(ld)),
+            format!("-DNSTG={}", mma_pipe().0),
+            format!("-DKC={}", mma_pipe().1),
+        ],
         name: Some("vector.cu".into()),
         ..Default::default()
     };
@@ -179,7 +212,17 @@ fn load_kernels(ctx: &Arc<CudaContext>, dims: usize, ld: usize) -> Result<Arc<Ve
         scan_f16: [f("scan_f16_q1", true)?, f("scan_f16_q2", true)?, f("scan_f16_q4", true)?, f("scan_f16_q8", true)?],
         select: f("select", true)?,
         merge: f("merge", true)?,
-        mma_scan: f("mma_scan", true)?,
+        mma_scan: {
+            let func = f("mma_scan", false)?;
+            if optin > 48 << 10 {
+                func.set_attribute(
+                    CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    optin as i32,
+                )
+                .map_err(|e| driver_err(e, "raising the shared memory of mma_scan"))?;
+            }
+            func
+        },
         scatter_f32: f("scatter_f32", false)?,
         scatter_f16: f("scatter_f16", false)?,
         set_tags: f("set_tags", false)?,
@@ -187,6 +230,8 @@ fn load_kernels(ctx: &Arc<CudaContext>, dims: usize, ld: usize) -> Result<Arc<Ve
         bench_fill: f("bench_fill_f16", false)?,
         sms,
         smem_max,
+        smem_optin: optin.max(48 << 10),
+        mma_ok: cc.0 >= 8,
     });
     cache.insert(key, k.clone());
     Ok(k)
@@ -413,7 +458,7 @@ impl CudaStore {
             Filter::Tag(t) => (1u32, t),
         };
         let batch = shape.dtype == Dtype::F16 && nq > shape.tune.gemm_min_batch;
-        let mma = batch && nq <= shape.tune.mma_max_batch && shape.dims.is_multiple_of(16) && k <= 128;
+        let mma = batch && nq <= shape.tune.mma_max_batch && shape.dims.is_multiple_of(16) && k <= MMA_MAX_K;
         let gemm = batch;
         // Host side: fp32 queries as given for the scans; fp16 padded to ld for cuBLAS.
         let qhost: QHost = if gemm {
@@ -562,14 +607,20 @@ fn run_search(
         smem: usize,
     }
     let mut mmap: Option<MmaPlan> = None;
-    if a.mma {
+    if a.mma && kk.mma_ok {
+        // Per query: the kept C plus a buffer of at least 32 (a full buffer
+        // is flushed and the rest retried, so any size is correct).
         let c = k.next_power_of_two();
-        let s = (c + 128).next_power_of_two().max(256);
-        let smem = sel_bytes(32, s).div_ceil(16) * 16 + 32 * (shape.ld + 8) * 2;
-        if smem <= kk.smem_max {
+        let s = (c + 32).next_power_of_two().max(64);
+        let smem = sel_bytes(MMA_Q, s).div_ceil(16) * 16
+            + MMA_Q * 4
+            + mma_pipe().0 * MMA_ROWS * (mma_pipe().1 + 8) * 2
+            + MMA_Q * (shape.ld + 8) * 2;
+        if smem <= kk.smem_optin {
             let max_p = (PARTIAL_BYTES / list_bytes).max(1);
-            let p = (2 * sms).min(len.div_ceil(64)).min(max_p).max(1);
-            mmap = Some(MmaPlan { g: nq.div_ceil(32), p, c, s, smem });
+            // One block an SM (≈ 190 KiB of shared memory each).
+            let p = sms.min(len.div_ceil(MMA_ROWS)).min(max_p).max(1);
+            mmap = Some(MmaPlan { g: nq.div_ceil(MMA_Q), p, c, s, smem });
         }
     }
     let (scan, gemmp, part_off, score_off) = if let Some(mp) = &mmap {
@@ -638,10 +689,10 @@ fn run_search(
         let mut p = params!(rows, tags, norms, qdev, nq_i, len_i, mode, tagv, l2, k_i, s_i, c_i, p_i, g_i, parts, gthr);
         // SAFETY: rows/tags/norms hold ≥ len rows; the queries are nq × ld
         // fp16; parts holds nq × P lists of k; dims % 16 == 0 so every
-        // fragment load stays inside its row; the shared memory asked for
+        // 16-byte copy stays inside its row; the shared memory asked for
         // is what the kernel carves (≤ the opt-in set at load).
         unsafe {
-            launch(&kk.mma_scan, (mp.g * mp.p) as u32, 128, mp.smem, st, &mut p, "mma_scan")?;
+            launch(&kk.mma_scan, (mp.g * mp.p) as u32, BLOCK, mp.smem, st, &mut p, "mma_scan")?;
         }
         merge(mp.p, mp.p, res, k as i64)?;
     } else if let Some(sp) = scan {

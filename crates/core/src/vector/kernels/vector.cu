@@ -382,16 +382,44 @@ SCAN_F16(4)
 SCAN_F16(8)
 
 // ---------------------------------------------------------------------------
-// fp16 batches of up to 32 queries a block, fused: tensor-core products
-// (mma.sync m16n8k16, fp16 in, fp32 accumulate; queries rounded to fp16)
-// of 16 rows a warp against the block's queries, selected in the same pass
-// (no score matrix). Needs DIMS % 16 == 0. grid (G * P): block b serves
-// query group b % G (adjacent blocks share rows: L2 reuse) and split b / G;
-// block 128 (4 warps, 64 rows a round); dynamic smem
-// SEL_BYTES(32,S) (16-aligned) + 32 * (LD + 8) * 2.
+// fp16 batches, fused (`mma_scan`): tensor-core products (mma.sync m16n8k16,
+// fp16 in, fp32 accumulate; the queries rounded to fp16 as for cuBLAS) of a
+// block's 64 queries against tiles of 256 rows, selected in the same pass:
+// no score matrix. The queries stay in shared memory for the whole scan; the
+// rows stream through a 3-stage cp.async pipeline of 64-value chunks
+// (ldmatrix fragments, padded rows: no bank conflicts). 8 warps, each 64
+// rows x 32 queries (64 fp32 accumulators a thread). After a tile's last
+// chunk every score is compared once with its query's bound (the block's
+// k-th best or the global one, as fp32); the few above it are pushed into a
+// small per-query buffer; a full buffer is flushed (sorted, bound raised,
+// published) and the pushes that did not fit are retried from the
+// registers. Needs DIMS % 16 == 0, sm_80+, k <= 64.
+// The padded stage rows (KC + 8 halves: an odd number of 16-byte units) and
+// query rows (LD + 8, LD % 16 == 0) keep every ldmatrix conflict-free.
+// grid (G * P): block b serves query group b % G (blocks next to each other
+// read the same rows: L2 reuse) and split b / G; block 256; dynamic smem
+// MMA_SMEM(S) as the host computes it.
 
-#define MQ 32
+// KC (values a stage, 32 or 64) and NSTG (stages) may come from the host.
+#define MQ 64
+#define MR 256
+#ifndef KC
+#define KC 64
+#endif
+#ifndef NSTG
+#define NSTG 3
+#endif
+#define PPR (KC / 8)
+#define RLD (KC + 8)
 #define QLD (LD + 8)
+#define NKS (DIMS / 16)
+#define NCHK ((DIMS + KC - 1) / KC)
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 a;
+    asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
 
 __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -399,68 +427,182 @@ __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-extern "C" __global__ void __launch_bounds__(128) mma_scan(const u16* __restrict__ rows, const u32* __restrict__ tags,
-                                                           const float* __restrict__ norms, const u16* __restrict__ queries,
-                                                           int nq, int len, u32 mode, u32 tagv, int l2, int k, int S,
-                                                           int C, int P, int G, u64* __restrict__ out, u64* gthr) {
+__device__ __forceinline__ void ldm4(u32& r0, u32& r1, u32& r2, u32& r3, u32 addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr)
+                 : "memory");
+}
+
+// The fp32 value of a bound (0: none, -inf).
+__device__ __forceinline__ float bound_f(u64 t) {
+    if (t == 0ull) return __int_as_float(0xff800000);
+    u32 hi = (u32)(t >> 32);
+    u32 bits = (hi & 0x80000000u) ? (hi & 0x7fffffffu) : ~hi;
+    return __uint_as_float(bits);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    mma_scan(const u16* __restrict__ rows, const u32* __restrict__ tags, const float* __restrict__ norms,
+             const u16* __restrict__ queries, int nq, int len, u32 mode, u32 tagv, int l2, int k, int S, int C, int P,
+             int G, u64* __restrict__ out, u64* gthr) {
 #if __CUDA_ARCH__ >= 800
     extern __shared__ __align__(16) unsigned char smem_q[];
     const int qg = blockIdx.x % G;
     const int pb = blockIdx.x / G;
     const int q0 = qg * MQ;
     const int nqb = min(MQ, nq - q0);
-    Sel sel = sel_make(smem_q, MQ, S, C, k, 64, gthr + q0, nqb);
-    u16* qs = reinterpret_cast<u16*>(smem_q + ((SEL_BYTES(MQ, S) + 15) & ~(size_t)15));
-    for (int i = threadIdx.x; i < MQ * QLD; i += blockDim.x) {
-        int q = i / QLD, j = i - q * QLD;
-        qs[i] = (q < nqb && j < LD) ? queries[(size_t)(q0 + q) * LD + j] : (u16)0;
+    Sel sel = sel_make(smem_q, MQ, S, C, k, 0, gthr + q0, nqb);
+    const size_t sel_end = (SEL_BYTES(MQ, S) + 15) & ~(size_t)15;
+    float* tf = reinterpret_cast<float*>(smem_q + sel_end);
+    u16* stg = reinterpret_cast<u16*>(smem_q + sel_end + MQ * 4);
+    u16* qs = stg + NSTG * MR * RLD;
+    {
+        const int per_q = LD / 8;
+        for (int i = threadIdx.x; i < MQ * per_q; i += blockDim.x) {
+            const int q = i / per_q, c = i - q * per_q;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (q < nqb) v = *reinterpret_cast<const uint4*>(queries + (size_t)(q0 + q) * LD + c * 8);
+            *reinterpret_cast<uint4*>(qs + q * QLD + c * 8) = v;
+        }
     }
     sel_init(sel);
     const int per = (len + P - 1) / P;
     const int lo = pb * per;
     const int hi = min(len, lo + per);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int ntile = hi > lo ? (hi - lo + MR - 1) / MR : 0;
+    const int nst = ntile * NCHK;
+    const int tid = threadIdx.x;
+    const int warp = tid >> 5, lane = tid & 31;
+    const int wr = warp & 3, wq = warp >> 2;
     const int g = lane >> 2, t = lane & 3;
-    for (int base = lo; base < hi; base += 64) {
-        const int ra = base + warp * 16 + g;
-        const int rb = ra + 8;
-        const bool oka = ra < hi && admits(tags[ra < len ? ra : len - 1], mode, tagv);
-        const bool okb = rb < hi && admits(tags[rb < len ? rb : len - 1], mode, tagv);
-        const u32* pa = reinterpret_cast<const u32*>(rows + (size_t)(oka ? ra : 0) * LD) + t;
-        const u32* pbp = reinterpret_cast<const u32*>(rows + (size_t)(okb ? rb : 0) * LD) + t;
-        float acc[MQ / 8][4];
+    const u32 cap = (u32)(S - C);
+
+    // Stage s: tile s / NCHK, values (s % NCHK) * KC .. + KC of its rows.
+    auto load_stage = [&](int s) {
+        const int tb = lo + (s / NCHK) * MR;
+        const int d0 = (s % NCHK) * KC;
+        u16* dst = stg + (s % NSTG) * (MR * RLD);
 #pragma unroll
-        for (int n = 0; n < MQ / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-#pragma unroll
-        for (int ks = 0; ks < DIMS / 16; ++ks) {
-            const u32 a0 = oka ? __ldcs(pa + ks * 8) : 0u;
-            const u32 a1 = okb ? __ldcs(pbp + ks * 8) : 0u;
-            const u32 a2 = oka ? __ldcs(pa + ks * 8 + 4) : 0u;
-            const u32 a3 = okb ? __ldcs(pbp + ks * 8 + 4) : 0u;
-#pragma unroll
-            for (int n = 0; n < MQ / 8; ++n) {
-                const u32* qb = reinterpret_cast<const u32*>(qs + (n * 8 + g) * QLD + ks * 16) + t;
-                mma16816(acc[n], a0, a1, a2, a3, qb[0], qb[4]);
+        for (int j = 0; j < (MR * KC / 8) / 256; ++j) {
+            const int i = tid + j * 256;
+            const int r = i / PPR, pc = i % PPR;
+            const int row = tb + r;
+            const int d = d0 + pc * 8;
+            if (row < hi && d < DIMS) {
+                const u32 sa = smem_u32(dst + r * RLD + pc * 8);
+                const u16* src = rows + (size_t)row * LD + d;
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(sa), "l"(src) : "memory");
             }
         }
-        const float na = (l2 && oka) ? norms[ra] : 0.0f;
-        const float nb = (l2 && okb) ? norms[rb] : 0.0f;
+    };
+
 #pragma unroll
-        for (int n = 0; n < MQ / 8; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int q = n * 8 + 2 * t + (e & 1);
-                const bool ok = (e < 2) ? oka : okb;
-                if (ok && q < nqb) {
-                    const int row = (e < 2) ? ra : rb;
-                    const float sc = acc[n][e];
-                    const float key = l2 ? -((e < 2 ? na : nb) - 2.0f * sc) : sc;
-                    sel_push(sel, q, pack(key, (u32)row));
-                }
-            }
-        }
-        sel_round(sel);
+    for (int s = 0; s < NSTG - 1; ++s) {
+        if (s < nst) load_stage(s);
+        asm volatile("cp.async.commit_group;" ::: "memory");
     }
+
+    float acc[4][4][4];
+    const u32 qbase = smem_u32(qs + (wq * 32 + ((lane >> 4) << 3) + (lane & 7)) * QLD + ((lane >> 3) & 1) * 8);
+    for (int s = 0; s < nst; ++s) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(NSTG - 2) : "memory");
+        __syncthreads();
+        if (s + NSTG - 1 < nst) load_stage(s + NSTG - 1);
+        asm volatile("cp.async.commit_group;" ::: "memory");
+        const int ch = s % NCHK;
+        if (ch == 0) {
+#pragma unroll
+            for (int a = 0; a < 4; ++a)
+#pragma unroll
+                for (int b = 0; b < 4; ++b) acc[a][b][0] = acc[a][b][1] = acc[a][b][2] = acc[a][b][3] = 0.0f;
+        }
+        const u32 abase = smem_u32(stg + (s % NSTG) * (MR * RLD) + (wr * 64 + (lane & 15)) * RLD + (lane >> 4) * 8);
+#pragma unroll
+        for (int kk = 0; kk < KC / 16; ++kk) {
+            if (NKS % (KC / 16) != 0 && ch * (KC / 16) + kk >= NKS) break;
+            u32 af[4][4], bf[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+                ldm4(af[mt][0], af[mt][1], af[mt][2], af[mt][3], abase + (mt * 16 * RLD + kk * 16) * 2);
+#pragma unroll
+            for (int np = 0; np < 2; ++np)
+                ldm4(bf[2 * np][0], bf[2 * np][1], bf[2 * np + 1][0], bf[2 * np + 1][1],
+                     qbase + (np * 16 * QLD + ch * KC + kk * 16) * 2);
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt)
+                    mma16816(acc[mt][nt], af[mt][0], af[mt][1], af[mt][2], af[mt][3], bf[nt][0], bf[nt][1]);
+        }
+        if (ch != NCHK - 1) continue;
+
+        // Selection of tile s / NCHK.
+        const int tb = lo + (s / NCHK) * MR;
+        for (int q = tid; q < MQ; q += blockDim.x) {
+            u64 b = sel.thr[q];
+            if (q < nqb) {
+                const u64 gv = *reinterpret_cast<volatile const u64*>(gthr + q0 + q);
+                b = gv > b ? gv : b;
+            }
+            sel.thr[q] = b;
+            tf[q] = bound_f(b);
+        }
+        __syncthreads();
+        float nrm[4][2];
+        bool rok[4][2];
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int row = tb + wr * 64 + mt * 16 + g + h * 8;
+                rok[mt][h] = row < hi;
+                nrm[mt][h] = (l2 && row < hi) ? norms[row] : 0.0f;
+            }
+        auto push = [&](u64 want) -> u64 {
+            float tq[4][2];
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int o = 0; o < 2; ++o) tq[nt][o] = tf[wq * 32 + nt * 8 + 2 * t + o];
+            u64 fail = 0ull;
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int bit = (mt * 4 + nt) * 4 + e;
+                        if (!((want >> bit) & 1ull)) continue;
+                        const int h = e >> 1, o = e & 1;
+                        const int ql = wq * 32 + nt * 8 + 2 * t + o;
+                        float key = acc[mt][nt][e];
+                        if (l2) key = -__fsub_rn(nrm[mt][h], __fmul_rn(2.0f, key));
+                        if (rok[mt][h] && ql < nqb && key >= tq[nt][o]) {
+                            const int row = tb + wr * 64 + mt * 16 + g + h * 8;
+                            const u64 c = pack(key, (u32)row);
+                            if (c > sel.thr[ql] && admits(tags[row], mode, tagv)) {
+                                const u32 p = atomicAdd(&sel.cnt[ql], 1u);
+                                if (p < cap) {
+                                    sel.a[ql * S + C + p] = c;
+                                } else {
+                                    fail |= 1ull << bit;
+                                }
+                            }
+                        }
+                    }
+            return fail;
+        };
+        u64 fail = push(~0ull);
+        while (__syncthreads_or(fail != 0ull)) {
+            for (int q = tid; q < MQ; q += blockDim.x) sel.cnt[q] = min(sel.cnt[q], cap);
+            sel_flush(sel);
+            for (int q = tid; q < MQ; q += blockDim.x) tf[q] = bound_f(sel.thr[q]);
+            __syncthreads();
+            fail = push(fail);
+        }
+    }
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
     sel_finish(sel);
     for (int q = 0; q < nqb; ++q) sel_write(sel, q, out + ((size_t)(q0 + q) * P + pb) * k);
 #endif
