@@ -52,6 +52,9 @@ auth:
     file: $tmp/verdaccio/htpasswd
     max_users: 10
 uplinks: {}
+# A publish is the tarball base64 in JSON (~1.4x): verdaccio's default 10mb
+# refuses the platform package (the .node and cuda-worker, 8 MB packed).
+max_body_size: 200mb
 packages:
   '**':
     access: \$all
