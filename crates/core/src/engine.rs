@@ -25,7 +25,7 @@ use crate::vector::request::{results_to_json, SearchQuery, SearchRequest};
 use crate::vector::{GpuPlacement, IndexConfig, Placement, SearchHits, VectorIndex};
 use crate::worker::{Worker, WorkerConfig, WorkerMode};
 
-/// Envelopes bigger than this are decoded on a blocking thread so a 64 MiB
+/// Envelopes bigger than this are decoded on a blocking thread so a large
 /// base64 payload never stalls the async workers.
 const INLINE_DECODE_BYTES: usize = 1 << 20;
 
