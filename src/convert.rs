@@ -797,23 +797,7 @@ pub struct ParsedCall {
 pub fn call_options(v: Option<JsVal>, known: &[&str]) -> Result<ParsedCall> {
     let issued = Some(Instant::now());
     let mut parsed = ParsedCall { call: CallOptions { issued, ..CallOptions::default() }, ..ParsedCall::default() };
-    let Some(v) = v else { return Ok(parsed) };
-    if v.is_nullish()? {
-        return Ok(parsed);
-    }
-    if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
-        return Err(err!(InvalidArg, "`options` must be an object, got {}", v.kind_name()));
-    }
-    let keys = v.own_keys()?;
-    let n = keys.array_len()?;
-    if n as usize > known.len() + 16 {
-        return Err(err!(InvalidArg, "`options` has {n} keys; valid keys: {}", known.join(", ")));
-    }
-    let mut names = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        names.push(keys.element(i)?.string()?);
-    }
-    options::check_keys(names.iter().map(String::as_str), known, "options")?;
+    let Some(v) = options_object(v, known)? else { return Ok(parsed) };
     let timeout = v.get(c"timeoutMs")?;
     if !timeout.is_nullish()? {
         if timeout.type_of()? != sys::ValueType::napi_number {
@@ -854,6 +838,30 @@ pub fn call_options(v: Option<JsVal>, known: &[&str]) -> Result<ParsedCall> {
         parsed.signal = Some(signal);
     }
     Ok(parsed)
+}
+
+/// An options object whose own keys are all in `known` (None when absent or
+/// nullish). Not an object, too many keys, or an unknown key:
+/// `E_INVALID_ARG` naming it and the nearest valid one.
+pub fn options_object(v: Option<JsVal>, known: &[&str]) -> Result<Option<JsVal>> {
+    let Some(v) = v else { return Ok(None) };
+    if v.is_nullish()? {
+        return Ok(None);
+    }
+    if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
+        return Err(err!(InvalidArg, "`options` must be an object, got {}", v.kind_name()));
+    }
+    let keys = v.own_keys()?;
+    let n = keys.array_len()?;
+    if n as usize > known.len() + 16 {
+        return Err(err!(InvalidArg, "`options` has {n} keys; valid keys: {}", known.join(", ")));
+    }
+    let mut names = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        names.push(keys.element(i)?.string()?);
+    }
+    options::check_keys(names.iter().map(String::as_str), known, "options")?;
+    Ok(Some(v))
 }
 
 /// An optional boolean option.

@@ -15,7 +15,7 @@ use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
 
-use crate::convert::{call_options, options_json, JsVal, ParsedCall};
+use crate::convert::{call_options, options_json, options_object, JsVal, ParsedCall};
 use crate::task::spawn_job;
 use crate::Engine;
 
@@ -88,7 +88,7 @@ impl VectorIndex {
                 return Err(err!(InvalidArg, "`vectors` holds {rows} vectors but `ids` has {} entries", ids.len()));
             }
             let mut namespaces = None;
-            if let Some(o) = plain_options(options.map(|o| raw(env, &o)), UPSERT_OPTIONS)? {
+            if let Some(o) = options_object(options.map(|o| raw(env, &o)), UPSERT_OPTIONS)? {
                 let ns = o.get(c"namespaces")?;
                 if !ns.is_nullish()? {
                     namespaces = Some(read_namespaces(ns, ids.len())?);
@@ -157,7 +157,7 @@ impl VectorIndex {
         let dims = self.inner.config().dims;
         let args = (|| -> Result<_> {
             let (values, _) = read_vectors(raw(env, &queries), dims, "queries")?;
-            let o = plain_options(options.map(|o| raw(env, &o)), SEARCH_OPTIONS)?;
+            let o = options_object(options.map(|o| raw(env, &o)), SEARCH_OPTIONS)?;
             let (k, namespace) = search_fields(o)?;
             Ok((values, k, namespace))
         })();
@@ -387,26 +387,19 @@ impl Engine {
     }
 }
 
-/// `load`'s `{ device }` through the one schema's device rule.
+/// `load`'s `{ device }`, read by the one schema's device rule.
 fn load_device(env: &Env, options: Option<Unknown<'_>>) -> Result<cuda_engine_core::device::DevicePreference> {
     let v = options_json(options.map(|o| raw(env, &o)))?;
-    let device = match &v {
-        serde_json::Value::Null => serde_json::Value::Null,
+    match &v {
+        serde_json::Value::Null => options::parse_device(None),
         serde_json::Value::Object(o) => {
             options::check_keys(o.keys().map(String::as_str), &["device"], "options")?;
-            o.get("device").cloned().unwrap_or_default()
+            options::parse_device(o.get("device"))
         }
         other => {
-            return Err(err!(
-                InvalidArg,
-                "`options` must be an object, got {}",
-                cuda_engine_core::envelope::json_kind(other)
-            ))
+            Err(err!(InvalidArg, "`options` must be an object, got {}", cuda_engine_core::envelope::json_kind(other)))
         }
-    };
-    let mut opts = serde_json::json!({ "dims": 1 });
-    opts["device"] = device;
-    Ok(IndexOptions::from_json(&opts)?.into_config()?.device)
+    }
 }
 
 fn read_path(v: JsVal) -> Result<std::path::PathBuf> {
@@ -414,28 +407,6 @@ fn read_path(v: JsVal) -> Result<std::path::PathBuf> {
         return Err(err!(InvalidArg, "`path` must be a string, got {}", v.kind_name()));
     }
     Ok(std::path::PathBuf::from(bounded_string(v, 4096, "path")?))
-}
-
-/// An options object with only `known` keys (None when absent/nullish).
-fn plain_options(v: Option<JsVal>, known: &[&str]) -> Result<Option<JsVal>> {
-    let Some(v) = v else { return Ok(None) };
-    if v.is_nullish()? {
-        return Ok(None);
-    }
-    if v.type_of()? != sys::ValueType::napi_object || v.is_array() {
-        return Err(err!(InvalidArg, "`options` must be an object, got {}", v.kind_name()));
-    }
-    let keys = v.own_keys()?;
-    let n = keys.array_len()?;
-    if n as usize > known.len() + 16 {
-        return Err(err!(InvalidArg, "`options` has {n} keys; valid keys: {}", known.join(", ")));
-    }
-    let mut names = Vec::with_capacity(n as usize);
-    for i in 0..n {
-        names.push(keys.element(i)?.string()?);
-    }
-    options::check_keys(names.iter().map(String::as_str), known, "options")?;
-    Ok(Some(v))
 }
 
 /// `k` (default 10) and `namespace` from a search options object.

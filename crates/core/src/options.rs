@@ -454,8 +454,8 @@ fn worker_config(spec: &Value, base_dir: &Path) -> Result<WorkerConfig> {
     Ok(c)
 }
 
-/// `device`: `'auto'` | `'cuda'` | `'cpu'` | a device index.
-fn parse_device(v: Option<&Value>) -> Result<DevicePreference> {
+/// `device`: `'auto'` | `'cuda'` | `'cpu'` | a device index (`None`: `auto`).
+pub fn parse_device(v: Option<&Value>) -> Result<DevicePreference> {
     let bad =
         |got: String| err!(InvalidArg, "`options.device` must be 'auto', 'cuda', 'cpu' or a device index, got {got}");
     match v {
