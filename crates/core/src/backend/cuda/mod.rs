@@ -370,17 +370,10 @@ fn executor(
     rx: mpsc::Receiver<Job>,
     init_tx: mpsc::SyncSender<Result<()>>,
 ) {
-    let built = catch_unwind(AssertUnwindSafe(|| exec::Device::new(ctx, host, dims, &opts, shared.clone())))
-        .unwrap_or_else(|p| Err(CoreError::from_panic(p, "CUDA backend start-up")));
-    let mut dev = match built {
-        Ok(d) => {
-            let _ = init_tx.send(Ok(()));
-            d
-        }
-        Err(e) => {
-            let _ = init_tx.send(Err(e));
-            return;
-        }
+    let Some(mut dev) =
+        start_executor(&init_tx, "CUDA backend start-up", || exec::Device::new(ctx, host, dims, &opts, shared.clone()))
+    else {
+        return;
     };
     while let Ok(job) = rx.recv() {
         let (result, reply) = match job {
@@ -418,6 +411,27 @@ fn executor(
     }
     // Freeing can fail on a poisoned context; Drop impls ignore errors.
     let _ = catch_unwind(AssertUnwindSafe(move || drop(dev)));
+}
+
+/// An executor thread's start-up: run `start` behind `catch_unwind`, report
+/// the outcome to the thread that spawned it, and give back what it built
+/// (None: the thread should end).
+pub(crate) fn start_executor<T>(
+    init_tx: &mpsc::SyncSender<Result<()>>,
+    what: &str,
+    start: impl FnOnce() -> Result<T>,
+) -> Option<T> {
+    let started = catch_unwind(AssertUnwindSafe(start)).unwrap_or_else(|p| Err(CoreError::from_panic(p, what)));
+    match started {
+        Ok(t) => {
+            let _ = init_tx.send(Ok(()));
+            Some(t)
+        }
+        Err(e) => {
+            let _ = init_tx.send(Err(e));
+            None
+        }
+    }
 }
 
 impl Backend for CudaBackend {

@@ -162,20 +162,11 @@ impl Drop for StandaloneOwner {
 }
 
 fn task_executor(ctx: Arc<CudaContext>, rx: mpsc::Receiver<Job>, init_tx: mpsc::SyncSender<Result<()>>) {
-    let started = catch_unwind(AssertUnwindSafe(|| -> Result<Arc<CudaStream>> {
+    let Some(stream) = super::start_executor(&init_tx, "GPU task executor start-up", || -> Result<Arc<CudaStream>> {
         ctx.bind_to_thread().map_err(|e| super::mem::driver_err(e, "binding the context"))?;
         ctx.new_stream().map_err(|e| super::mem::driver_err(e, "creating the stream"))
-    }))
-    .unwrap_or_else(|p| Err(CoreError::from_panic(p, "GPU task executor start-up")));
-    let stream = match started {
-        Ok(s) => {
-            let _ = init_tx.send(Ok(()));
-            s
-        }
-        Err(e) => {
-            let _ = init_tx.send(Err(e));
-            return;
-        }
+    }) else {
+        return;
     };
     while let Ok(job) = rx.recv() {
         match job {
