@@ -1,11 +1,12 @@
 use super::*;
 
-fn cfg(dims: usize, metric: Metric, dtype: Dtype) -> IndexConfig {
+/// A CPU index config (shared with `file::tests`).
+pub(crate) fn cfg(dims: usize, metric: Metric, dtype: Dtype) -> IndexConfig {
     IndexConfig { dims, metric, dtype, device: DevicePreference::Cpu, capacity: 4, max_bytes: 1 << 30 }
 }
 
-/// Deterministic pseudo-random values in [-1, 1).
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+/// Deterministic pseudo-random values in [-1, 1) (shared with `file::tests`).
+pub(crate) fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {

@@ -1,24 +1,8 @@
 use std::panic::AssertUnwindSafe;
 
 use super::*;
+use crate::vector::tests::{cfg, rand_vec};
 use crate::vector::SearchHits;
-
-fn cfg(dims: usize, metric: Metric, dtype: Dtype) -> IndexConfig {
-    IndexConfig { dims, metric, dtype, device: DevicePreference::Cpu, capacity: 4, max_bytes: 1 << 30 }
-}
-
-/// Deterministic pseudo-random values in [-1, 1).
-fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn id(string_ids: bool, i: usize) -> VectorId {
     if string_ids {
