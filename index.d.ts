@@ -229,7 +229,7 @@ export type ErrorCode =
   | 'E_WORKER_SPAWN' | 'E_WORKER_TIMEOUT' | 'E_WORKER_EXIT' | 'E_WORKER_PROTOCOL'
   | 'E_OUTPUT_LIMIT' | 'E_CANCELLED' | 'E_TIMEOUT' | 'E_OVERLOADED'
   | 'E_CLOSED' | 'E_UNAUTHORIZED' | 'E_FORBIDDEN' | 'E_UNSUPPORTED_MEDIA_TYPE'
-  | 'E_REQUEST_TIMEOUT' | 'E_CUDA_UNAVAILABLE' | 'E_GPU_OOM' | 'E_CUDA_FAULT'
+  | 'E_REQUEST_TIMEOUT' | 'E_REMOTE' | 'E_CUDA_UNAVAILABLE' | 'E_GPU_OOM' | 'E_CUDA_FAULT'
   | 'E_INTERNAL'
 
 /** A row of the error-code table (`errorCodes()`, docs/error-codes.json). */

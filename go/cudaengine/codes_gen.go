@@ -57,6 +57,8 @@ const (
 	CodeUnsupportedMediaType Code = "E_UNSUPPORTED_MEDIA_TYPE"
 	// CodeRequestTimeout (HTTP 408): the request's body did not arrive within the body timeout.
 	CodeRequestTimeout Code = "E_REQUEST_TIMEOUT"
+	// CodeRemote (HTTP 502): a remote gRPC server (`EngineOptions.remote`) was unreachable or answered a non-OK status (names the endpoint, the gRPC status and message).
+	CodeRemote Code = "E_REMOTE"
 	// CodeCUDAUnavailable (HTTP 503): `device: 'cuda'` but no usable CUDA device.
 	CodeCUDAUnavailable Code = "E_CUDA_UNAVAILABLE"
 	// CodeGPUOOM (HTTP 503): out of GPU memory for this request.
@@ -95,6 +97,7 @@ var codeTable = []CodeInfo{
 	{Code: CodeForbidden, HTTPStatus: 403, Meaning: "the request's `Origin` or `Host` is not allowed (cross-site or DNS-rebinding protection)"},
 	{Code: CodeUnsupportedMediaType, HTTPStatus: 415, Meaning: "a POST body whose content type is not `application/json`"},
 	{Code: CodeRequestTimeout, HTTPStatus: 408, Meaning: "the request's body did not arrive within the body timeout"},
+	{Code: CodeRemote, HTTPStatus: 502, Meaning: "a remote gRPC server (`EngineOptions.remote`) was unreachable or answered a non-OK status (names the endpoint, the gRPC status and message)"},
 	{Code: CodeCUDAUnavailable, HTTPStatus: 503, Meaning: "`device: 'cuda'` but no usable CUDA device"},
 	{Code: CodeGPUOOM, HTTPStatus: 503, Meaning: "out of GPU memory for this request"},
 	{Code: CodeCUDAFault, HTTPStatus: 503, Meaning: "a sticky CUDA error poisoned the context"},

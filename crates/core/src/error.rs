@@ -74,6 +74,8 @@ error_codes! {
     UnsupportedMediaType = "E_UNSUPPORTED_MEDIA_TYPE", 415, "a POST body whose content type is not `application/json`";
     /// HTTP service: the request body stopped arriving.
     RequestTimeout = "E_REQUEST_TIMEOUT", 408, "the request's body did not arrive within the body timeout";
+    /// The remote client (`EngineOptions.remote`, docs/grpc.md).
+    Remote = "E_REMOTE", 502, "a remote gRPC server (`EngineOptions.remote`) was unreachable or answered a non-OK status (names the endpoint, the gRPC status and message)";
     CudaUnavailable = "E_CUDA_UNAVAILABLE", 503, "`device: 'cuda'` but no usable CUDA device";
     GpuOom = "E_GPU_OOM", 503, "out of GPU memory for this request";
     CudaFault = "E_CUDA_FAULT", 503, "a sticky CUDA error poisoned the context";

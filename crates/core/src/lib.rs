@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod embedder;
 pub mod engine;
 pub mod envelope;
+pub mod grpc;
 pub mod health;
 pub mod infer;
 pub mod isolation;

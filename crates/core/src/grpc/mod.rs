@@ -1,0 +1,13 @@
+//! gRPC: the Open Inference Protocol (`inference.GRPCInferenceService`) and
+//! the engine's own service (`cuda_engine.v1.Engine`), docs/grpc.md.
+//!
+//! - `proto`: the generated messages, clients and server traits;
+//! - `status`: the one mapping between the engine's error codes and gRPC
+//!   status codes (both ways);
+//! - `tensor`: protobuf tensors <-> `infer::InferRequest` / `InferResponse`.
+//!
+//! The server is in the `cuda-worker` binary (`--grpc ADDR`).
+
+pub mod proto;
+pub mod status;
+pub mod tensor;
