@@ -816,7 +816,8 @@ pub fn call_options(v: Option<JsVal>, known: &[&str]) -> Result<ParsedCall> {
         parsed.call.target = s.as_deref().and_then(Target::parse).ok_or_else(|| {
             err!(
                 InvalidArg,
-                "`options.target` must be 'auto', 'local' or 'worker', got {}",
+                "`options.target` must be {}, got {}",
+                Target::NAMES,
                 s.as_deref().map_or(target.kind_name().to_string(), |s| format!("{s:?}"))
             )
         })?;

@@ -14,6 +14,7 @@ use crate::device::DevicePreference;
 use crate::discovery::{self, DiscoveryEnv};
 use crate::embedder::{EmbedOptions, Embedder};
 use crate::envelope::{self, Encoding, Envelope, Limits, Payload, RawEnvelope};
+use crate::grpc::client::RemoteClient;
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
 use crate::health::{Health, IndexHealth, QueueHealth, Status, WorkerStatus};
@@ -101,6 +102,9 @@ pub struct Engine {
     isolated: Option<Isolated>,
     /// Named vector indexes (`engine.createIndex`, `--index name=path`).
     indexes: Mutex<std::collections::BTreeMap<String, Arc<VectorIndex>>>,
+    /// `EngineOptions.remote`: the remote Open Inference Protocol client
+    /// (connects on first use).
+    remote: Option<Arc<RemoteClient>>,
 }
 
 /// Most named indexes on one engine.
@@ -112,6 +116,8 @@ enum Route {
     Worker(Arc<Worker>),
     /// The isolated process (`isolation: 'process'`).
     Isolated,
+    /// The remote servers (`EngineOptions.remote`).
+    Remote(Arc<RemoteClient>),
 }
 
 /// Holds one admission slot; released on drop (also when a call is
@@ -158,6 +164,7 @@ impl Engine {
             Isolation::Process => Some(Isolated::new(&config.isolation, &config.base_dir)?),
             Isolation::InProcess => None,
         };
+        let remote = config.remote.clone().map(RemoteClient::new).transpose()?.map(Arc::new);
         let named = config.embedder.model_dir.is_some() || crate::model::model_named_by_env();
         let load_now = named && config.model_loading == ModelLoading::WhenNamed && isolated.is_none();
         let engine = Engine {
@@ -172,6 +179,7 @@ impl Engine {
             worker,
             isolated,
             indexes: Mutex::new(Default::default()),
+            remote,
         };
         if load_now {
             let embedder = Embedder::open(engine.config.embedder.clone())?;
@@ -205,6 +213,42 @@ impl Engine {
         Ok(embedder)
     }
 
+    /// Whether this engine has a local model for `target: 'auto'` (docs/grpc.md
+    /// "Client"): one is loaded, or named (`options.model`,
+    /// `CUDA_ENGINE_MODEL`), or it runs in the isolated process. The default
+    /// locations are not searched for this: with a remote configured, an
+    /// engine that was given no model sends `auto` calls to the remote.
+    fn local_model_here(&self) -> bool {
+        self.isolated.is_some()
+            || self.config.embedder.model_dir.is_some()
+            || crate::model::model_named_by_env()
+            || lock(&self.embedder).is_some()
+    }
+
+    /// The remote an `embed` (or `embedding` job) with `target` goes to:
+    /// `remote` → the configured remote (`E_INVALID_ARG` naming `target`
+    /// without one); `auto` → the remote when one is configured and no local
+    /// model is here; otherwise none.
+    fn remote_for(&self, target: Target) -> Result<Option<Arc<RemoteClient>>> {
+        match target {
+            Target::Remote => self.remote_target().map(Some),
+            Target::Auto if !self.local_model_here() => Ok(self.remote.clone()),
+            _ => Ok(None),
+        }
+    }
+
+    /// The remote of an explicit `target: 'remote'`.
+    fn remote_target(&self) -> Result<Arc<RemoteClient>> {
+        self.remote.clone().ok_or_else(|| {
+            err!(InvalidArg, "`options.target` is 'remote' but this engine has no remote (EngineOptions.remote)")
+        })
+    }
+
+    /// The remote client, if `EngineOptions.remote` configured one.
+    pub fn remote(&self) -> Option<&Arc<RemoteClient>> {
+        self.remote.as_ref()
+    }
+
     /// The configured worker, or one found by discovery for an explicit
     /// `target: 'worker'` call (one-shot, the legacy protocol).
     async fn worker_for_explicit_target(&self) -> Result<Arc<Worker>> {
@@ -224,6 +268,13 @@ impl Engine {
             return Err(CoreError::cancelled());
         }
         let cancel = call.cancel.clone();
+        if let Some(remote) = self.remote_for(call.target)? {
+            // The client enforces the deadline (min of the call's and
+            // remote.timeoutMs); the guard keeps the AbortSignal and close.
+            let untimed = CallOptions { timeout: None, ..call.clone() };
+            let (normalize, truncate) = (opts.normalize, opts.truncate);
+            return self.guard(remote.embed(texts, normalize, truncate, call.timeout, cancel), &untimed).await;
+        }
         if let Some(iso) = &self.isolated {
             // The isolated process's supervisor enforces the timeout (and
             // kills a process that went silent); the guard keeps the
@@ -448,6 +499,12 @@ impl Engine {
                 let untimed = CallOptions { timeout: None, ..call.clone() };
                 self.guard(iso.run(&envelope, remaining, call.cancel.clone()), &untimed).await?
             }
+            Route::Remote(remote) => {
+                // The client enforces what is left of the timeout (E_TIMEOUT).
+                let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
+                let untimed = CallOptions { timeout: None, ..call.clone() };
+                self.guard(run_remote(&remote, job, envelope, remaining, call.cancel.clone()), &untimed).await?
+            }
         };
         // Waiting before the engine picked the call up counts as queueing
         // (runtime scheduling, admission), plus any wait inside the job
@@ -472,6 +529,23 @@ impl Engine {
     async fn route(&self, job: &JobType, payload: &Payload, target: Target) -> Result<Route> {
         if target == Target::Worker {
             return Ok(Route::Worker(self.worker_for_explicit_target().await?));
+        }
+        if target == Target::Remote {
+            return match (job, payload) {
+                (JobType::Embedding, _) | (JobType::Inference, Payload::Json(_)) => {
+                    Ok(Route::Remote(self.remote_target()?))
+                }
+                _ => Err(err!(
+                    InvalidArg,
+                    "`options.target` 'remote' runs `embedding` and (JSON) `inference` jobs only, not `{}`",
+                    job.canonical()
+                )),
+            };
+        }
+        if *job == JobType::Embedding {
+            if let Some(remote) = self.remote_for(target)? {
+                return Ok(Route::Remote(remote));
+            }
         }
         // Isolated: what would run here runs in the isolated process.
         if self.isolated.is_some() {
@@ -599,6 +673,7 @@ impl Engine {
         }
         let start = Instant::now();
         let route = match (&self.isolated, call.target) {
+            (_, Target::Remote) => Route::Remote(self.remote_target()?),
             (Some(_), Target::Auto | Target::Local) => Route::Isolated,
             _ => self.guard(self.route_inference(req.model_name.as_deref(), call.target), &call).await?,
         };
@@ -638,6 +713,11 @@ impl Engine {
                 let untimed = CallOptions { timeout: None, ..call.clone() };
                 self.guard(iso.infer(&req, remaining, call.cancel.clone()), &untimed).await
             }
+            Route::Remote(remote) => {
+                let remaining = call.timeout.map(|t| t.saturating_sub(start.elapsed()).max(Duration::from_millis(1)));
+                let untimed = CallOptions { timeout: None, ..call.clone() };
+                self.guard(remote.infer(req, remaining, call.cancel.clone()), &untimed).await
+            }
         }
     }
 
@@ -673,16 +753,30 @@ impl Engine {
         if let Some(iso) = &self.isolated {
             iso.refresh_health(crate::isolation::HEALTH_TIMEOUT).await;
         }
+        if let Some(remote) = &self.remote {
+            remote.refresh_health().await;
+        }
     }
 
     /// Where an inference for `model` runs: see [`Engine::infer`]. A local
     /// model that fails to load routes to a configured worker, else its load
     /// error is the answer.
     async fn route_inference(&self, model: Option<&str>, target: Target) -> Result<Route> {
-        if target == Target::Worker {
-            return Ok(Route::Worker(self.worker_for_explicit_target().await?));
+        match target {
+            Target::Worker => return Ok(Route::Worker(self.worker_for_explicit_target().await?)),
+            Target::Remote => return Ok(Route::Remote(self.remote_target()?)),
+            Target::Auto | Target::Local => {}
+        }
+        // `auto`: the local model when it is here and serves `model`, else
+        // the remote, else the worker.
+        let remote = if target == Target::Auto { self.remote.clone() } else { None };
+        if let (Some(r), false) = (&remote, self.local_model_here()) {
+            return Ok(Route::Remote(r.clone()));
         }
         let local = self.embedder().await;
+        if let (Some(r), false) = (&remote, local.as_ref().is_ok_and(|e| model.is_none_or(|m| m == e.info().name))) {
+            return Ok(Route::Remote(r.clone()));
+        }
         let worker = match (target, self.worker.get()) {
             (Target::Auto, Some(w)) => Some(w.clone()),
             (Target::Auto, None) if env_names_worker() => Some(self.worker_for_explicit_target().await?),
@@ -782,6 +876,13 @@ impl Engine {
             status = Status::Error;
             errors.push("engine: closed".into());
         }
+        let remote = self.remote.as_ref().map(|r| r.health());
+        for ep in remote.iter().flat_map(|r| &r.endpoints) {
+            if ep.ready == Some(false) {
+                degrade(&mut status);
+                errors.push(format!("remote: {}: {}", ep.url, ep.error.as_deref().unwrap_or("not ready")));
+            }
+        }
         let isolated_report = isolation.health.as_ref();
         let named: Vec<(String, Arc<VectorIndex>)> =
             lock(&self.indexes).iter().map(|(n, i)| (n.clone(), i.clone())).collect();
@@ -818,6 +919,7 @@ impl Engine {
                 in_flight: self.admitted.load(Ordering::Acquire),
             },
             isolation,
+            remote,
             errors,
         }
     }
@@ -923,6 +1025,51 @@ pub async fn with_deadline<T>(
         )),
         r = fut => r,
     }
+}
+
+/// Run an `embedding` or JSON `inference` job on the remote: the result
+/// has the local shapes (`{ model, dims, embeddings }`; the protocol's
+/// response), `backend: 'remote'`. A metadata query (an inference payload
+/// without `inputs`) asks the remote's `ModelMetadata`.
+async fn run_remote(
+    remote: &RemoteClient,
+    job: JobType,
+    envelope: Envelope,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+) -> Result<JobResult> {
+    let started = Instant::now();
+    let output = match (&job, envelope.payload) {
+        (JobType::Embedding, payload) => {
+            let (texts, opts) = embedding_request(payload)?;
+            let vectors = remote.embed(texts, opts.normalize, opts.truncate, timeout, cancel).await?;
+            let dims = vectors.first().map_or(0, Vec::len);
+            serde_json::json!({ "model": remote.config().model, "dims": dims, "embeddings": vectors })
+        }
+        (JobType::Inference, Payload::Json(payload)) if infer::is_metadata_query(&payload) => {
+            let meta = remote.model_metadata(infer::requested_model(&payload), timeout, cancel).await?.to_json();
+            match infer::requested_model(&payload) {
+                Some(_) => meta,
+                None => serde_json::json!({ "models": [meta] }),
+            }
+        }
+        (JobType::Inference, Payload::Json(payload)) => {
+            let mut req = InferRequest::from_json(&payload)?;
+            if req.id.is_none() {
+                req.id = envelope.id.clone();
+            }
+            remote.infer(req, timeout, cancel).await?.to_json()
+        }
+        _ => return Err(CoreError::internal("route() sent a job the remote cannot run to run_remote")),
+    };
+    Ok(JobResult {
+        id: envelope.id,
+        job_type: job.canonical().to_string(),
+        backend: BackendKind::Remote,
+        output: JobOutput::Json(output),
+        encoding: "json",
+        timings: Timings { run: ms(started.elapsed()), ..Timings::default() },
+    })
 }
 
 /// Read an `embedding` job's payload: `{text}` or `{texts}`, with optional

@@ -8,6 +8,7 @@ use crate::backend::BackendStatus;
 use crate::device::DeviceInfo;
 use crate::discovery::WorkerSource;
 use crate::embedder::ModelInfo;
+use crate::grpc::client::RemoteHealth;
 use crate::isolation::IsolationHealth;
 use crate::jobs::BackendKind;
 use crate::worker::{WorkerHealth, WorkerMode};
@@ -100,6 +101,11 @@ pub struct Health {
     /// The engine's named vector indexes: name, dims, metric, dtype,
     /// device, count, capacity, bytes, namespaces.
     pub indexes: Vec<IndexHealth>,
+    /// `EngineOptions.remote`: its endpoints with the outcome of the last
+    /// `ServerReady` probe (made by `health()`), the remote model, calls in
+    /// flight, calls and failures so far, the last failure. Null without a
+    /// remote.
+    pub remote: Option<RemoteHealth>,
     /// Human-readable reasons for `degraded` / `error`, and notes such as why
     /// CUDA is unavailable.
     pub errors: Vec<String>,

@@ -19,6 +19,8 @@ pub enum BackendKind {
     Cpu,
     Cuda,
     Worker,
+    /// A remote Open Inference Protocol server (`EngineOptions.remote`).
+    Remote,
 }
 
 impl BackendKind {
@@ -27,6 +29,7 @@ impl BackendKind {
             BackendKind::Cpu => "cpu",
             BackendKind::Cuda => "cuda",
             BackendKind::Worker => "worker",
+            BackendKind::Remote => "remote",
         }
     }
 }
@@ -122,14 +125,20 @@ pub enum Target {
     Auto,
     Local,
     Worker,
+    /// The remote servers of `EngineOptions.remote` (docs/grpc.md "Client").
+    Remote,
 }
 
 impl Target {
+    /// Every name `parse` accepts, for error messages.
+    pub const NAMES: &'static str = "'auto', 'local', 'worker' or 'remote'";
+
     pub fn parse(s: &str) -> Option<Target> {
         match s {
             "auto" => Some(Target::Auto),
             "local" => Some(Target::Local),
             "worker" => Some(Target::Worker),
+            "remote" => Some(Target::Remote),
             _ => None,
         }
     }

@@ -28,6 +28,7 @@ use crate::backend::cuda::Dtype;
 use crate::batcher::BatcherLimits;
 use crate::device::DevicePreference;
 use crate::embedder::EmbedderOptions;
+use crate::grpc::client::{RemoteConfig, RemoteEndpoint, MAX_ENDPOINTS, MAX_RETRIES};
 use crate::envelope::Limits;
 use crate::err;
 use crate::error::Result;
@@ -80,6 +81,44 @@ pub struct EngineOptions {
     /// or a hang costs a restart of that process (docs/reliability.md
     /// "Fault isolation").
     pub isolation: Option<String>,
+    /// Remote Open Inference Protocol servers (docs/grpc.md "Client"): an
+    /// endpoint `grpc://host:port` (`grpcs://` for TLS), an array of them,
+    /// or [`RemoteOptions`]. `target: 'remote'` calls go there, and
+    /// `target: 'auto'` ones when no local model is loaded or named.
+    pub remote: Option<Value>,
+}
+
+/// `EngineOptions.remote` given as an object.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteOptions {
+    /// One endpoint or several (one channel balanced over them); required.
+    pub endpoints: Option<Value>,
+    /// Longest a remote call may take (default 30,000 ms); the call's
+    /// `timeoutMs` can only shorten it. Over: `E_TIMEOUT`.
+    pub timeout_ms: Option<u64>,
+    /// TCP/TLS connect timeout (default 5,000 ms).
+    pub connect_timeout_ms: Option<u64>,
+    /// Retries of a call that failed with UNAVAILABLE (default 2, at most 10).
+    pub retries: Option<u64>,
+    /// The remote model `embed` uses, and `infer` when the request names
+    /// none (default `all-MiniLM-L6-v2`).
+    pub model: Option<String>,
+    /// The BYTES `[n]` input carrying `embed`'s texts (default `text`).
+    pub embed_input: Option<String>,
+    /// The FP32 `[n, dims]` output `embed` reads (default `sentence_embedding`).
+    pub embed_output: Option<String>,
+    /// Largest message sent or received, bytes (default 64 MiB, at most 2 GiB − 1).
+    pub max_message_bytes: Option<u64>,
+    /// `grpcs://`: a PEM file of the certificate authorities to trust
+    /// (default: the built-in Mozilla roots).
+    pub ca_file: Option<String>,
+}
+
+impl RemoteOptions {
+    pub fn field_names() -> Vec<String> {
+        field_names_of(&RemoteOptions::default())
+    }
 }
 
 /// `EngineOptions.worker` given as an object.
@@ -224,6 +263,8 @@ pub struct EngineConfig {
     pub model_loading: ModelLoading,
     /// Where the model runs (`isolation`).
     pub isolation: IsolationConfig,
+    /// The remote Open Inference Protocol servers (`remote`), if any.
+    pub remote: Option<RemoteConfig>,
 }
 
 /// `EngineOptions.isolation`.
@@ -333,7 +374,12 @@ impl EngineOptions {
             None | Some(Value::Null) => None,
             Some(spec) => Some(worker_config(&spec, &base_dir)?),
         };
+        let remote = match self.remote {
+            None | Some(Value::Null) => None,
+            Some(spec) => Some(remote_config(&spec, &base_dir)?),
+        };
         Ok(EngineConfig {
+            remote,
             limits,
             max_in_flight: int(self.max_in_flight, "maxInFlight", 1, 1 << 30)?.unwrap_or(65_536),
             device,
@@ -356,6 +402,7 @@ impl EngineOptions {
         let mut child = self.clone();
         child.isolation = None;
         child.worker = None;
+        child.remote = None;
         let options = match serde_json::to_value(&child) {
             Ok(Value::Object(m)) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
             _ => Value::Object(Default::default()),
@@ -450,6 +497,98 @@ fn worker_config(spec: &Value, base_dir: &Path) -> Result<WorkerConfig> {
             c.max_restart_delay.as_millis(),
             c.restart_delay.as_millis()
         ));
+    }
+    Ok(c)
+}
+
+/// `EngineOptions.remote`: an endpoint string, an array of them, or an object.
+fn remote_config(spec: &Value, base_dir: &Path) -> Result<RemoteConfig> {
+    let endpoints = |v: &Value, what: &str| -> Result<Vec<RemoteEndpoint>> {
+        let list = match v {
+            Value::String(s) => vec![RemoteEndpoint::parse(s, what)?],
+            Value::Array(items) => {
+                if items.len() > MAX_ENDPOINTS {
+                    return Err(err!(InvalidArg, "`{what}` has {} endpoints, at most {MAX_ENDPOINTS}", items.len()));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        Value::String(s) => RemoteEndpoint::parse(s, &format!("{what}[{i}]")),
+                        other => Err(err!(
+                            InvalidArg,
+                            "`{what}[{i}]` must be a string grpc://host:port, got {}",
+                            crate::envelope::json_kind(other)
+                        )),
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            }
+            other => {
+                return Err(err!(
+                    InvalidArg,
+                    "`{what}` must be an endpoint grpc://host:port or an array of them, got {}",
+                    crate::envelope::json_kind(other)
+                ))
+            }
+        };
+        if list.is_empty() {
+            return Err(err!(InvalidArg, "`{what}` is empty: give at least one grpc://host:port"));
+        }
+        Ok(list)
+    };
+    let o: RemoteOptions = match spec {
+        Value::String(_) | Value::Array(_) => return Ok(RemoteConfig::new(endpoints(spec, "options.remote")?)),
+        Value::Object(obj) => {
+            check_keys(obj.keys().map(String::as_str), &RemoteOptions::field_names(), "options.remote")?;
+            deserialize(spec, "options.remote")?
+        }
+        other => {
+            return Err(err!(
+                InvalidArg,
+                "`options.remote` must be an endpoint grpc://host:port, an array of them, or an object {{ endpoints, ... }}; got {}",
+                crate::envelope::json_kind(other)
+            ))
+        }
+    };
+    let list = match &o.endpoints {
+        None | Some(Value::Null) => {
+            return Err(err!(InvalidArg, "`options.remote.endpoints` is required (grpc://host:port, or an array)"))
+        }
+        Some(v) => endpoints(v, "options.remote.endpoints")?,
+    };
+    let mut c = RemoteConfig::new(list);
+    if let Some(ms) = int(o.timeout_ms, "remote.timeoutMs", 1, MAX_TIMEOUT_MS as u64)? {
+        c.timeout = Duration::from_millis(ms as u64);
+    }
+    if let Some(ms) = int(o.connect_timeout_ms, "remote.connectTimeoutMs", 1, 3_600_000)? {
+        c.connect_timeout = Duration::from_millis(ms as u64);
+    }
+    if let Some(n) = int(o.retries, "remote.retries", 0, u64::from(MAX_RETRIES))? {
+        c.retries = n as u32;
+    }
+    if let Some(n) = int(o.max_message_bytes, "remote.maxMessageBytes", 1024, (2u64 << 30) - 1)? {
+        c.max_message_bytes = n;
+    }
+    for (v, key, slot) in [
+        (o.model, "model", &mut c.model),
+        (o.embed_input, "embedInput", &mut c.embed_input),
+        (o.embed_output, "embedOutput", &mut c.embed_output),
+    ] {
+        match v {
+            Some(s) if s.is_empty() => return Err(err!(InvalidArg, "`options.remote.{key}` is an empty string")),
+            Some(s) => *slot = s,
+            None => {}
+        }
+    }
+    match o.ca_file {
+        Some(p) if p.is_empty() => return Err(err!(InvalidArg, "`options.remote.caFile` is an empty string")),
+        Some(p) => {
+            if !c.endpoints.iter().any(|e| e.tls) {
+                return Err(err!(InvalidArg, "`options.remote.caFile` is only for grpcs:// endpoints"));
+            }
+            c.ca_file = Some(base_dir.join(p));
+        }
+        None => {}
     }
     Ok(c)
 }
@@ -604,7 +743,8 @@ mod tests {
     fn field_names_come_from_the_schema() {
         let names = EngineOptions::field_names();
         assert!(names.contains(&"maxEnvelopeBytes".to_string()) && names.contains(&"baseDir".to_string()));
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
+        assert_eq!(RemoteOptions::field_names().len(), 9);
         assert_eq!(WorkerOptions::field_names().len(), 12);
         // Every listed name deserializes (no drift between the list and serde).
         for n in names {
@@ -615,7 +755,8 @@ mod tests {
     #[test]
     fn isolation_passes_the_options_on_minus_itself_and_worker() {
         let c = EngineOptions::from_json(&json!({
-            "isolation": "process", "model": "/m", "device": "cpu", "maxBatchSize": 8, "worker": "w", "dtype": null
+            "isolation": "process", "model": "/m", "device": "cpu", "maxBatchSize": 8, "worker": "w", "dtype": null,
+            "remote": "grpc://h:1"
         }))
         .and_then(EngineOptions::into_config)
         .unwrap();
@@ -624,6 +765,61 @@ mod tests {
         let c = EngineOptions::from_json(&json!({ "isolation": "in-process" })).and_then(EngineOptions::into_config);
         assert_eq!(c.unwrap().isolation.mode, Isolation::InProcess);
         assert_eq!(EngineConfig::default().isolation.mode, Isolation::InProcess);
+    }
+
+    #[test]
+    fn remote_options() {
+        use crate::grpc::client as rc;
+        let cfg = |v: Value| EngineOptions::from_json(&v).and_then(EngineOptions::into_config).map(|c| c.remote);
+        // Unknown keys name the key and the nearest name, like every option.
+        let m = msg(json!({ "remote": { "endpoints": "grpc://h:1", "timeoutMS": 5 } }));
+        assert!(m.contains("`options.remote.timeoutMS`") && m.contains("did you mean `timeoutMs`"), "{m}");
+        let m = msg(json!({ "remote": { "endpoint": "grpc://h:1" } }));
+        assert!(m.contains("`options.remote.endpoint`") && m.contains("did you mean `endpoints`"), "{m}");
+        let m = msg(json!({ "remotes": "grpc://h:1" }));
+        assert!(m.contains("`options.remotes`") && m.contains("did you mean `remote`"), "{m}");
+        for (v, key) in [
+            (json!({ "remote": 3 }), "options.remote"),
+            (json!({ "remote": "" }), "options.remote"),
+            (json!({ "remote": "http://h:1" }), "options.remote"),
+            (json!({ "remote": "grpc://h" }), "options.remote"),
+            (json!({ "remote": [] }), "options.remote"),
+            (json!({ "remote": ["grpc://h:1", 2] }), "options.remote[1]"),
+            (json!({ "remote": ["grpc://h:1", "h:2"] }), "options.remote[1]"),
+            (json!({ "remote": {} }), "options.remote.endpoints"),
+            (json!({ "remote": { "endpoints": [1] } }), "options.remote.endpoints[0]"),
+            (json!({ "remote": { "endpoints": "grpc://h:1", "timeoutMs": 0 } }), "options.remote.timeoutMs"),
+            (json!({ "remote": { "endpoints": "grpc://h:1", "retries": 11 } }), "options.remote.retries"),
+            (json!({ "remote": { "endpoints": "grpc://h:1", "retries": "2" } }), "options.remote.retries"),
+            (json!({ "remote": { "endpoints": "grpc://h:1", "model": "" } }), "options.remote.model"),
+            (json!({ "remote": { "endpoints": "grpc://h:1", "maxMessageBytes": 10 } }), "options.remote.maxMessageBytes"),
+            (json!({ "remote": { "endpoints": "grpc://h:1", "caFile": "ca.pem" } }), "options.remote.caFile"),
+        ] {
+            let m = msg(v.clone());
+            assert!(m.contains(&format!("`{key}")), "{v}: {m}");
+        }
+        // A string, an array, an object: every key applied.
+        let one = cfg(json!({ "remote": "grpc://127.0.0.1:8001" })).unwrap().unwrap();
+        assert_eq!(one.endpoints.len(), 1);
+        assert_eq!(one.endpoints[0].url, "grpc://127.0.0.1:8001");
+        assert_eq!((one.timeout, one.retries, one.model.as_str()), (rc::DEFAULT_TIMEOUT, 2, "all-MiniLM-L6-v2"));
+        assert_eq!((one.embed_input.as_str(), one.embed_output.as_str()), ("text", "sentence_embedding"));
+        let two = cfg(json!({ "remote": ["grpc://a:1", "grpcs://b:2"] })).unwrap().unwrap();
+        assert_eq!(two.endpoints.iter().map(|e| e.tls).collect::<Vec<_>>(), [false, true]);
+        let all = cfg(json!({ "baseDir": "/b", "remote": {
+            "endpoints": ["grpcs://a:1"], "timeoutMs": 1500, "connectTimeoutMs": 200, "retries": 0, "model": "m",
+            "embedInput": "in", "embedOutput": "out", "maxMessageBytes": 4096, "caFile": "ca.pem" } }))
+        .unwrap()
+        .unwrap();
+        assert_eq!((all.timeout, all.connect_timeout), (Duration::from_millis(1500), Duration::from_millis(200)));
+        assert_eq!((all.retries, all.model.as_str(), all.max_message_bytes), (0, "m", 4096));
+        assert_eq!((all.embed_input.as_str(), all.embed_output.as_str()), ("in", "out"));
+        assert_eq!(all.ca_file.as_deref(), Some(Path::new("/b/ca.pem")));
+        assert!(cfg(json!({ "remote": null })).unwrap().is_none());
+        // CUDA_ENGINE_OPTIONS / --options take the same JSON.
+        let text = r#"{"remote":{"endpoints":"grpc://127.0.0.1:9","retries":1}}"#;
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(cfg(v).unwrap().unwrap().retries, 1);
     }
 
     #[test]
