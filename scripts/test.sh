@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# JS tooling (@napi-rs/cli, typescript) from the lock file.
-if [ ! -x node_modules/.bin/napi ] || [ ! -x node_modules/.bin/tsc ]; then
+# JS tooling (@napi-rs/cli, typescript, the gRPC test client) from the lock file.
+if [ ! -x node_modules/.bin/napi ] || [ ! -x node_modules/.bin/tsc ] || [ ! -d node_modules/@grpc/grpc-js ] || [ ! -d node_modules/@grpc/proto-loader ]; then
   npm ci --no-audit --no-fund
 fi
 
