@@ -21,15 +21,17 @@ export interface CallOptions {
   signal?: AbortSignal
   /** Rejects with `E_TIMEOUT` (`E_WORKER_TIMEOUT` for worker jobs) after this many ms; 0 = no limit. */
   timeoutMs?: number
-  /** `auto` (default): locally when possible, else the worker. */
-  target?: 'auto' | 'local' | 'worker'
+  /** `auto` (default): the local model when one is loaded or named here, else
+   * the remote (`EngineOptions.remote`), else the worker. `remote`: the remote
+   * (`E_INVALID_ARG` without one; docs/grpc.md "Client"). */
+  target?: 'auto' | 'local' | 'worker' | 'remote'
 }
 
 export interface JobResult {
   id?: string
   type: string
   ok: true
-  backend: 'cuda' | 'cpu' | 'worker'
+  backend: 'cuda' | 'cpu' | 'worker' | 'remote'
   /** How the payload arrived (echo) or how the result is encoded. */
   encoding: 'json' | 'raw' | 'cbor' | 'msgpack'
   /** JSON result, or a Buffer for raw bytes. */
@@ -86,6 +88,19 @@ export interface Health {
   }
   /** The engine's named vector indexes (`engine.createIndex`, `cuda-service --index`). */
   indexes: Array<IndexInfo & { name: string }>
+  /** `EngineOptions.remote`; null without one. Each endpoint with the outcome
+   * of the `ServerReady` probe that `health()` makes (at most 1 s; `ready`
+   * null until probed; a failed probe makes `status` `degraded`), the remote
+   * model of `embed`, remote calls in flight, calls and failures so far, and
+   * the last failure. */
+  remote: {
+    endpoints: Array<{ url: string; ready: boolean | null; error: string | null; checked_ms_ago: number | null }>
+    model: string
+    in_flight: number
+    calls: number
+    failures: number
+    last_error: string | null
+  } | null
   /** Reasons for `degraded` / `error`, and notes such as why CUDA is unavailable. */
   errors: string[]
 }
@@ -149,6 +164,42 @@ export interface EngineOptions {
    * restart of that process; the next call works (docs/reliability.md
    * "Fault isolation"). */
   isolation?: 'in-process' | 'process'
+  /** Remote Open Inference Protocol servers (Triton, KServe, MLServer,
+   * `cuda-worker --grpc`; docs/grpc.md "Client"): an endpoint
+   * `grpc://host:port` (`grpcs://` for TLS), an array of them (one channel
+   * balanced over all), or options. Nothing connects at open. `target:
+   * 'remote'` sends `embed`, `infer` and `embedding` / `inference` jobs there;
+   * `target: 'auto'` does when no local model is loaded or named here.
+   * Failures: `E_REMOTE` (naming the endpoint and gRPC status), `E_TIMEOUT`,
+   * `E_CANCELLED`. */
+  remote?: string | string[] | RemoteOptions
+}
+
+/** `EngineOptions.remote` as an object. Errors name `remote.<key>`. */
+export interface RemoteOptions {
+  /** `grpc://host:port` / `grpcs://host:port`, or several (required). */
+  endpoints: string | string[]
+  /** Longest a remote call may take, ms (default 30000); a call's `timeoutMs`
+   * can only shorten it. Over: `E_TIMEOUT`. */
+  timeoutMs?: number
+  /** TCP/TLS connect timeout, ms (default 5000). */
+  connectTimeoutMs?: number
+  /** Retries of a call that failed with UNAVAILABLE, within its deadline,
+   * after 25 ms, 50 ms, … (default 2, at most 10). Other failures are not retried. */
+  retries?: number
+  /** The remote model `embed` uses, and `infer` when the request names none
+   * (default `all-MiniLM-L6-v2`). */
+  model?: string
+  /** The BYTES `[n]` input carrying `embed`'s texts (default `text`). */
+  embedInput?: string
+  /** The FP32 `[n, dims]` output `embed` reads (default `sentence_embedding`). */
+  embedOutput?: string
+  /** Largest gRPC message sent or received, bytes (default 64 MiB, 1 KiB..2 GiB-1);
+   * a larger request is `E_TOO_LARGE` before sending. */
+  maxMessageBytes?: number
+  /** `grpcs://` only: a PEM file of the certificate authorities to trust
+   * (relative to `baseDir`; default: the built-in Mozilla roots). */
+  caFile?: string
 }
 
 /** `EngineOptions.worker` as an object. Errors name `worker.<key>`. */
@@ -545,7 +596,7 @@ export declare function models(): Promise<ModelMetadata[]>
  * The option names of the one schema (crates/core/src/options.rs), for
  * tools and tests: `{ engine, worker, call, embed, close }`.
  */
-export declare function optionNames(): { engine: string[]; worker: string[]; call: string[]; embed: string[]; close: string[] }
+export declare function optionNames(): { engine: string[]; worker: string[]; remote: string[]; call: string[]; embed: string[]; close: string[] }
 
 /**
  * Run a job envelope: `{type, payload}` or `{type, payload_b64}`, given as an

@@ -115,6 +115,7 @@ test('index.d.ts: the option types are closed and equal optionNames() from the s
   const expected = {
     engine: members('EngineOptions'),
     worker: members('WorkerOptions'),
+    remote: members('RemoteOptions'),
     call: members('CallOptions'),
     embed: members('EmbedOptions'),
     close: members('CloseOptions'),
@@ -139,7 +140,7 @@ test('index.d.ts: ErrorCode lists exactly the codes of docs/error-codes.json', (
 })
 
 test('README: every option of index.d.ts is documented', () => {
-  for (const iface of ['EngineOptions', 'WorkerOptions', 'CallOptions', 'EmbedOptions', 'CloseOptions']) {
+  for (const iface of ['EngineOptions', 'WorkerOptions', 'RemoteOptions', 'CallOptions', 'EmbedOptions', 'CloseOptions']) {
     for (const name of members(iface)) assert.ok(readme.includes(name), `README.md does not mention ${iface}.${name}`)
   }
 })

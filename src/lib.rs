@@ -14,7 +14,7 @@ use std::sync::Arc;
 use cuda_engine_core::discovery::{self, DiscoveryEnv};
 use cuda_engine_core::engine::{Engine as CoreEngine, EngineConfig};
 use cuda_engine_core::envelope::{json_kind, Limits};
-use cuda_engine_core::options::{self, EngineOptions, WorkerOptions};
+use cuda_engine_core::options::{self, EngineOptions, RemoteOptions, WorkerOptions};
 use cuda_engine_core::CoreError;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
@@ -369,12 +369,13 @@ fn close_options(v: Option<JsVal>) -> std::result::Result<std::time::Duration, C
 /// tools and tests: `{ engine, worker, call, embed, close }`.
 #[napi(
     catch_unwind,
-    ts_return_type = "{ engine: string[]; worker: string[]; call: string[]; embed: string[]; close: string[] }"
+    ts_return_type = "{ engine: string[]; worker: string[]; remote: string[]; call: string[]; embed: string[]; close: string[] }"
 )]
 pub fn option_names() -> serde_json::Value {
     serde_json::json!({
         "engine": EngineOptions::field_names(),
         "worker": WorkerOptions::field_names(),
+        "remote": RemoteOptions::field_names(),
         "call": options::CALL_OPTIONS,
         "embed": options::EMBED_OPTIONS,
         "close": options::CLOSE_OPTIONS,

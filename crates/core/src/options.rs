@@ -28,10 +28,10 @@ use crate::backend::cuda::Dtype;
 use crate::batcher::BatcherLimits;
 use crate::device::DevicePreference;
 use crate::embedder::EmbedderOptions;
-use crate::grpc::client::{RemoteConfig, RemoteEndpoint, MAX_ENDPOINTS, MAX_RETRIES};
 use crate::envelope::Limits;
 use crate::err;
 use crate::error::Result;
+use crate::grpc::client::{RemoteConfig, RemoteEndpoint, MAX_ENDPOINTS, MAX_RETRIES};
 use crate::vector::{Dtype as VectorDtype, IndexConfig, Metric};
 use crate::worker::{BinaryFormat, WorkerConfig, WorkerMode, MAX_POOL_SIZE};
 
@@ -792,7 +792,10 @@ mod tests {
             (json!({ "remote": { "endpoints": "grpc://h:1", "retries": 11 } }), "options.remote.retries"),
             (json!({ "remote": { "endpoints": "grpc://h:1", "retries": "2" } }), "options.remote.retries"),
             (json!({ "remote": { "endpoints": "grpc://h:1", "model": "" } }), "options.remote.model"),
-            (json!({ "remote": { "endpoints": "grpc://h:1", "maxMessageBytes": 10 } }), "options.remote.maxMessageBytes"),
+            (
+                json!({ "remote": { "endpoints": "grpc://h:1", "maxMessageBytes": 10 } }),
+                "options.remote.maxMessageBytes",
+            ),
             (json!({ "remote": { "endpoints": "grpc://h:1", "caFile": "ca.pem" } }), "options.remote.caFile"),
         ] {
             let m = msg(v.clone());

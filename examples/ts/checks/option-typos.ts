@@ -17,6 +17,10 @@ export async function typos(): Promise<void> {
   await embed(['x'], { timeout: 5 })
   // @ts-expect-error poolsize: misspelled worker.poolSize
   await Engine.open({ worker: { mode: 'persistent', poolsize: 2 } })
+  // @ts-expect-error timeoutMS: misspelled remote.timeoutMs
+  await Engine.open({ remote: { endpoints: 'grpc://127.0.0.1:8001', timeoutMS: 5 } })
+  // @ts-expect-error endpoint: the remote option is endpoints
+  await Engine.open({ remote: { endpoint: 'grpc://127.0.0.1:8001' } })
   // @ts-expect-error drain: the close option is drainMs
   await (await Engine.open()).close({ drain: 10 })
   // @ts-expect-error metrik: misspelled metric
@@ -45,4 +49,20 @@ export async function overloads(engine: Engine): Promise<number> {
   const mine: Float32Array = await engine.embed('x', { timeoutMs: 1000 })
   const mineMany: Float32Array[] = await engine.embed(['x'])
   return one.length + many.length + mine.length + mineMany.length
+}
+
+// The remote client's options and target (docs/grpc.md "Client").
+export async function remotes(): Promise<number> {
+  const a = await Engine.open({ remote: 'grpc://127.0.0.1:8001' })
+  const b = await Engine.open({ remote: ['grpc://10.0.0.5:8001', 'grpcs://infer.example.com:443'] })
+  const c = await Engine.open({
+    remote: { endpoints: 'grpc://127.0.0.1:8001', model: 'm', timeoutMs: 5000, connectTimeoutMs: 500, retries: 1,
+              embedInput: 'text', embedOutput: 'sentence_embedding', maxMessageBytes: 1 << 26 },
+  })
+  const v: Float32Array = await a.embed('x', { target: 'remote' })
+  const r = await b.submit({ type: 'embedding', payload: { text: 'x' } }, { target: 'remote' })
+  const backend: 'cuda' | 'cpu' | 'worker' | 'remote' = r.backend
+  const h = await c.health()
+  const ready: boolean | null = h.remote?.endpoints[0]?.ready ?? null
+  return v.length + backend.length + (ready ? 1 : 0)
 }

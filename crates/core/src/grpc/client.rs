@@ -59,6 +59,9 @@ pub const MAX_ENDPOINTS: usize = 64;
 /// First back-off before a retry; doubles per retry, at most [`MAX_BACKOFF`].
 const BACKOFF: Duration = Duration::from_millis(25);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A server's CANCELLED / DEADLINE_EXCEEDED this close to the call's
+/// deadline is the deadline (`E_TIMEOUT`), not a remote failure.
+const DEADLINE_SLACK: Duration = Duration::from_millis(100);
 /// Deadline of the `ServerReady` probe of each endpoint that `health()` makes.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -222,9 +225,10 @@ impl RemoteClient {
             return Err(err!(InvalidArg, "`options.remote` names no endpoint"));
         }
         let ca = match &config.ca_file {
-            Some(p) => Some(Certificate::from_pem(std::fs::read(p).map_err(|e| {
-                err!(InvalidArg, "`options.remote.caFile`: cannot read {}: {e}", p.display())
-            })?)),
+            Some(p) => Some(Certificate::from_pem(
+                std::fs::read(p)
+                    .map_err(|e| err!(InvalidArg, "`options.remote.caFile`: cannot read {}: {e}", p.display()))?,
+            )),
             None => None,
         };
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
@@ -304,12 +308,7 @@ impl RemoteClient {
 
     /// Run one RPC under the deadline, the cancellation token and the retry
     /// rule, and count it for health.
-    async fn call<T, F, Fut>(
-        &self,
-        timeout: Option<Duration>,
-        cancel: &CancellationToken,
-        mut attempt: F,
-    ) -> Result<T>
+    async fn call<T, F, Fut>(&self, timeout: Option<Duration>, cancel: &CancellationToken, mut attempt: F) -> Result<T>
     where
         F: FnMut(GrpcInferenceServiceClient<Channel>, Duration) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -340,9 +339,8 @@ impl RemoteClient {
     {
         let budget = self.budget(timeout);
         let deadline = tokio::time::Instant::now() + budget;
-        let late = || {
-            err!(Timeout, "the remote call to {} did not finish within {} ms", self.label, budget.as_millis())
-        };
+        let late =
+            || err!(Timeout, "the remote call to {} did not finish within {} ms", self.label, budget.as_millis());
         let mut retries = 0;
         let mut backoff = BACKOFF;
         loop {
@@ -360,13 +358,26 @@ impl RemoteClient {
                     Ok(Err(status)) => status,
                 },
             };
+            // The server gave up at the deadline we sent (grpc-timeout) just
+            // before our own timer: DEADLINE_EXCEEDED, or CANCELLED "Timeout
+            // expired" from grpcio servers (MLServer). Either is E_TIMEOUT.
+            let expired = deadline.saturating_duration_since(tokio::time::Instant::now()) < DEADLINE_SLACK;
+            if expired && matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded) {
+                return Err(late());
+            }
             if status.code() != tonic::Code::Unavailable || retries >= self.config.retries {
                 let e = from_status(&status, &self.label);
-                let e = if retries > 0 { CoreError::new(e.code, format!("{} ({retries} retries)", e.message)) } else { e };
+                let e =
+                    if retries > 0 { CoreError::new(e.code, format!("{} ({retries} retries)", e.message)) } else { e };
                 return Err(e);
             }
             retries += 1;
-            log::debug!("remote {}: {:?}: {}; retry {retries} in {backoff:?}", self.label, status.code(), status.message());
+            log::debug!(
+                "remote {}: {:?}: {}; retry {retries} in {backoff:?}",
+                self.label,
+                status.code(),
+                status.message()
+            );
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Err(CoreError::cancelled()),
@@ -516,7 +527,8 @@ impl RemoteClient {
         let name = model.unwrap_or(&self.config.model).to_string();
         let m = self
             .call(timeout, &cancel, |mut client, left| {
-                let mut r = tonic::Request::new(pb::ModelMetadataRequest { name: name.clone(), version: String::new() });
+                let mut r =
+                    tonic::Request::new(pb::ModelMetadataRequest { name: name.clone(), version: String::new() });
                 r.set_timeout(left);
                 async move { client.model_metadata(r).await }
             })
@@ -592,7 +604,10 @@ mod tests {
         let e = RemoteEndpoint::parse("grpc://127.0.0.1:8001", "x").unwrap();
         assert_eq!((e.url.as_str(), e.tls, e.uri.as_str()), ("grpc://127.0.0.1:8001", false, "http://127.0.0.1:8001"));
         let e = RemoteEndpoint::parse("grpcs://infer.example.com:443/", "x").unwrap();
-        assert_eq!((e.url.as_str(), e.tls, e.uri.as_str()), ("grpcs://infer.example.com:443", true, "https://infer.example.com:443"));
+        assert_eq!(
+            (e.url.as_str(), e.tls, e.uri.as_str()),
+            ("grpcs://infer.example.com:443", true, "https://infer.example.com:443")
+        );
         let e = RemoteEndpoint::parse("grpc://[::1]:9", "x").unwrap();
         assert_eq!(e.uri, "http://[::1]:9");
         for (bad, why) in [

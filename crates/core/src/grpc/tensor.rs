@@ -212,6 +212,9 @@ fn tensor(
         err!(InvalidArg, "{what}: datatype `{datatype}` is not one of {}", all.join(", "))
     })?;
     let shape = shape_from_proto(shape, what)?;
+    // MLServer 1.7.1 answers a raw request with the raw contents *and* an
+    // empty `contents` message per output: an empty one counts as absent.
+    let contents = contents.filter(|c| raw.is_none() || !contents_empty(c));
     let data = match (raw, contents) {
         (Some(_), Some(_)) => {
             return Err(err!(InvalidArg, "{what}: has both `contents` and raw contents; send one"));
@@ -229,6 +232,18 @@ fn tensor(
     };
     t.check_shape(what)?;
     Ok(t)
+}
+
+/// Typed contents that hold no element.
+fn contents_empty(c: &pb::InferTensorContents) -> bool {
+    c.bool_contents.is_empty()
+        && c.int_contents.is_empty()
+        && c.int64_contents.is_empty()
+        && c.uint_contents.is_empty()
+        && c.uint64_contents.is_empty()
+        && c.fp32_contents.is_empty()
+        && c.fp64_contents.is_empty()
+        && c.bytes_contents.is_empty()
 }
 
 fn raw_for(raw: &[Bytes], n: usize, i: usize, field: &str) -> Result<Option<Bytes>> {
@@ -478,6 +493,9 @@ mod tests {
         let mut p = good;
         p.inputs[0].contents = Some(pb::InferTensorContents { fp32_contents: vec![1.0, 2.0], ..Default::default() });
         assert!(request_from_proto(&p).unwrap_err().message.contains("both"));
+        // An empty `contents` next to raw contents (MLServer 1.7.1 answers so) is absent.
+        p.inputs[0].contents = Some(pb::InferTensorContents::default());
+        assert_eq!(request_from_proto(&p).unwrap().inputs[0].data, TensorData::Fp32(vec![1.0, 2.0]));
         // Typed: wrong field, out of range.
         let mut p = request_to_proto(&req(vec![InferTensor::new("x", vec![1], TensorData::Int8(vec![1]))]));
         p.raw_input_contents.clear();
