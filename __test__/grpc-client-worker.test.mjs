@@ -111,10 +111,11 @@ test('remote embeddings equal the in-process ones (cosine >= 0.99999)', async ()
   const b = (await remote.infer(req, { target: 'remote' })).outputs[0]
   assert.deepEqual(b.shape, a.shape)
   assert.ok(cosine(a.data.subarray(0, 384), b.data.subarray(0, 384)) >= 0.99999)
-  // truncate: false travels: the remote engine's E_TOO_LONG comes back inside E_REMOTE.
+  // truncate: false travels: the remote engine's refusal comes back inside E_REMOTE,
+  // with its code (x-cuda-engine-code) and message.
   const e = await rejection(remote.embed(['word '.repeat(600)], { target: 'remote', truncate: false }))
   assert.equal(e.code, 'E_REMOTE')
-  assert.ok(e.message.includes(url) && e.message.includes('E_TOO_LONG'), e.message)
+  assert.ok(e.message.includes(url) && e.message.includes('(E_INVALID_ARG)') && e.message.includes('truncate is false'), e.message)
 })
 
 test('deadline -> E_TIMEOUT; AbortSignal -> E_CANCELLED; unreachable -> E_REMOTE fast', async () => {
@@ -168,13 +169,18 @@ test('server killed with calls in flight: E_REMOTE within the deadline; reconnec
 test('grpcs:// with caFile against cuda-worker --tls-cert; without the CA it is E_REMOTE', async (t) => {
   const dir = fs.mkdtempSync(path.join(root, 'target/tmp-grpc-tls-'))
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
+  // A CA, and a server certificate for localhost signed by it.
+  const ca = path.join(dir, 'ca.pem')
   const cert = path.join(dir, 'cert.pem')
   const key = path.join(dir, 'key.pem')
   const { execFileSync } = await import('node:child_process')
+  const ssl = (...args) => execFileSync('openssl', args, { stdio: 'ignore', cwd: dir })
   try {
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-      '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost',
-      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'], { stdio: 'ignore' })
+    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes']
+    ssl('req', '-x509', ...ec, '-keyout', 'ca.key', '-out', ca, '-days', '1', '-subj', '/CN=cuda-engine test CA')
+    ssl('req', ...ec, '-keyout', key, '-out', 'server.csr', '-subj', '/CN=localhost')
+    fs.writeFileSync(path.join(dir, 'ext.cnf'), 'basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n')
+    ssl('x509', '-req', '-in', 'server.csr', '-CA', ca, '-CAkey', 'ca.key', '-CAcreateserial', '-out', cert, '-days', '1', '-extfile', 'ext.cnf')
   } catch (e) {
     t.skip(`openssl could not make a certificate: ${e.message}`)
     return
@@ -189,7 +195,7 @@ test('grpcs:// with caFile against cuda-worker --tls-cert; without the CA it is 
     tls.stderr.on('data', (d) => { log += d; if (log.includes('grpc listening on')) resolve() })
     tls.once('exit', (code) => reject(new Error(`cuda-worker --tls-cert exited (${code}): ${log}`)))
   })
-  const good = await Engine.open({ remote: { endpoints: `grpcs://localhost:${tlsPort}`, caFile: cert } })
+  const good = await Engine.open({ remote: { endpoints: `grpcs://localhost:${tlsPort}`, caFile: ca } })
   const v = await good.embed('over TLS')
   assert.ok(cosine(v, await local.embed('over TLS')) >= 0.99999)
   await good.close()
