@@ -504,5 +504,8 @@ fn cuda_kernel_cache_across_processes() {
     assert_eq!(entries(), files, "the same entries, rewritten");
     assert_eq!(run("rewritten")["kernel_cache"], "hit");
     // No temporary files left.
-    assert!(std::fs::read_dir(cache.path()).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
+    assert!(std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
 }
