@@ -113,6 +113,8 @@ pub struct Embedder {
     backend: Arc<dyn Backend>,
     /// Why the requested device was not used (e.g. `auto` fell back to the CPU).
     backend_note: Option<String>,
+    /// Reading the model's files took this long (start-up breakdown).
+    files_ms: f64,
 }
 
 /// Calls with more texts than this tokenize on a blocking thread instead of
@@ -123,13 +125,15 @@ impl Embedder {
     /// Resolve and load the model and start the CPU backend and the batcher.
     /// Blocking (reads ~90 MB of weights): call it from `spawn_blocking`.
     pub fn open(opts: EmbedderOptions) -> Result<Arc<Embedder>> {
+        let t0 = std::time::Instant::now();
         let dir = resolve_model_dir(opts.model_dir.as_deref())?;
         let config = ModelConfig::load(&dir)?;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"), config.max_seq_length)?;
         let weights = BertWeights::load(&dir.join("model.safetensors"), &config.bert)?;
+        let files_ms = t0.elapsed().as_secs_f64() * 1e3;
         let (backend, note) = choose_backend(&weights, &config, &opts)?;
         drop(weights);
-        Self::assemble(dir, config, tokenizer, backend, &opts, note)
+        Self::assemble(dir, config, tokenizer, backend, &opts, note, files_ms)
     }
 
     /// Assemble an embedder around an already-built backend (how a CUDA
@@ -141,7 +145,7 @@ impl Embedder {
         backend: Arc<dyn Backend>,
         opts: &EmbedderOptions,
     ) -> Result<Arc<Embedder>> {
-        Self::assemble(dir, config, tokenizer, backend, opts, None)
+        Self::assemble(dir, config, tokenizer, backend, opts, None, 0.0)
     }
 
     fn assemble(
@@ -151,6 +155,7 @@ impl Embedder {
         backend: Arc<dyn Backend>,
         opts: &EmbedderOptions,
         backend_note: Option<String>,
+        files_ms: f64,
     ) -> Result<Arc<Embedder>> {
         let status = backend.status();
         let limits = BatcherLimits {
@@ -178,13 +183,19 @@ impl Embedder {
             max_texts_per_call: opts.max_texts_per_call.max(1),
             backend,
             backend_note,
+            files_ms,
         }))
     }
 
     /// The backend's runtime state (device, dtype, memory, fault). Health
     /// reports `status: "error"` when `fault` is set.
     pub fn backend_status(&self) -> BackendStatus {
-        self.backend.status()
+        let mut status = self.backend.status();
+        if let Some(s) = status.startup_ms.as_mut() {
+            s.files = self.files_ms;
+            s.total += self.files_ms;
+        }
+        status
     }
 
     /// The executor of the GPU the model runs on (None on the CPU).

@@ -420,3 +420,92 @@ fn cuda_profile_big_pass() {
         drop(be);
     }
 }
+
+/// One start-up in a child process (`cuda_kernel_cache_across_processes`):
+/// opens the fp16 backend with the kernel cache the parent chose, embeds one
+/// text and writes `{kernel_cache, startup_ms, embedding}` to
+/// `$CUDA_ENGINE_TEST_CHILD_OUT`. Does nothing outside such a run.
+#[test]
+#[ignore = "child process of cuda_kernel_cache_across_processes"]
+fn child_kernel_cache_start() {
+    let Some(out) = std::env::var_os("CUDA_ENGINE_TEST_CHILD_OUT") else {
+        eprintln!("child_kernel_cache_start: not started by cuda_kernel_cache_across_processes; nothing to do");
+        return;
+    };
+    let e = open(DevicePreference::Cuda(Some(0)), Dtype::F16);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let v = embed(&e, &rt, vec!["the kernel cache".to_string()]);
+    let status = e.backend_status();
+    let startup = status.startup_ms.expect("startup_ms");
+    let doc = serde_json::json!({
+        "kernel_cache": startup.kernel_cache,
+        "startup_ms": serde_json::to_value(&startup).unwrap(),
+        "embedding": v[0],
+    });
+    std::fs::write(out, doc.to_string()).unwrap();
+}
+
+/// The on-disk kernel cache across real processes: an empty cache compiles
+/// and writes one entry per kernel program, the next process reads them
+/// (`hit`) and computes bit-identical embeddings, and corrupted entries are
+/// detected, compiled again and rewritten.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn cuda_kernel_cache_across_processes() {
+    if !gpu("cuda_kernel_cache_across_processes") {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let run = |label: &str| -> Value {
+        let out = cache.path().with_extension(format!("{label}.json"));
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_kernel_cache_start", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env("CUDA_ENGINE_KERNEL_CACHE", cache.path())
+            .env("CUDA_ENGINE_TEST_CHILD_OUT", &out)
+            .env("CUDA_ENGINE_MODEL", model_dir())
+            .status()
+            .unwrap();
+        assert!(status.success(), "{label}: child failed");
+        let doc: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let _ = std::fs::remove_file(&out);
+        eprintln!("kernel cache {label}: {} startup_ms {}", doc["kernel_cache"], doc["startup_ms"]);
+        doc
+    };
+    let entries = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cubin"))
+            .collect();
+        v.sort();
+        v
+    };
+    let cold = run("empty");
+    assert_eq!(cold["kernel_cache"], "miss");
+    let files = entries();
+    assert_eq!(files.len(), 5, "one entry per kernel family: {files:?}");
+    let warm = run("warm");
+    assert_eq!(warm["kernel_cache"], "hit");
+    assert_eq!(warm["embedding"], cold["embedding"], "cached kernels must compute the same bits");
+    assert!(
+        warm["startup_ms"]["kernels"].as_f64().unwrap() < cold["startup_ms"]["kernels"].as_f64().unwrap(),
+        "reading the cache should be faster than compiling"
+    );
+    for f in &files {
+        let mut data = std::fs::read(f).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 0x55;
+        std::fs::write(f, data).unwrap();
+    }
+    let repaired = run("corrupted");
+    assert_eq!(repaired["kernel_cache"], "miss", "corrupt entries are compiled again");
+    assert_eq!(repaired["embedding"], cold["embedding"]);
+    assert_eq!(entries(), files, "the same entries, rewritten");
+    assert_eq!(run("rewritten")["kernel_cache"], "hit");
+    // No temporary files left.
+    assert!(std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp")));
+}

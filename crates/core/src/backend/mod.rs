@@ -139,6 +139,33 @@ pub struct ForwardOutput {
 }
 
 /// Runtime state of a backend, for health (`model.backend_status`).
+/// The phases of a backend's start-up, in milliseconds of wall time, in the
+/// order they run (`health().compute.startup_ms`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StartupTimings {
+    /// Reading the model's files: config, tokenizer, weights (mmap + checks).
+    pub files: f64,
+    /// The CUDA driver and the device's primary context (0 when an earlier
+    /// `health()` or engine already probed).
+    pub context: f64,
+    /// Finding cuBLAS and NVRTC (dlopen).
+    pub libraries: f64,
+    /// Converting the weights to the device dtype and layout on the host.
+    pub host_weights: f64,
+    /// NVRTC (or the disk cache) and loading the kernel modules.
+    pub kernels: f64,
+    /// `hit`, `miss`, `off` or `loaded` (see `kernel cache` in docs/gpu.md).
+    pub kernel_cache: &'static str,
+    /// Device allocations and the weight upload.
+    pub upload: f64,
+    /// The cuBLAS handle and its workspace.
+    pub cublas: f64,
+    /// The first pass (loads cuBLAS's kernels).
+    pub warmup: f64,
+    /// Everything from opening the model's files to ready.
+    pub total: f64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct BackendStatus {
     /// `cpu` or `cuda`.
@@ -159,6 +186,9 @@ pub struct BackendStatus {
     pub graphs: usize,
     /// Kernel compilation time at start-up (ms; 0 when cached).
     pub compile_ms: f64,
+    /// Where the start-up time went (CUDA only; docs/gpu.md "Cold start").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_ms: Option<StartupTimings>,
     /// Forward calls, sequences and tokens run so far.
     pub passes: u64,
     pub sequences: u64,

@@ -62,12 +62,12 @@ use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::result as drv;
 use cudarc::driver::sys::{CUdevice_attribute, CUdeviceptr, CUevent_flags, CUfunction_attribute_enum};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
-use cudarc::nvrtc::CompileOptions;
 use half::f16;
 
 use super::store::{Filter, Hit, Store};
 use super::{Dtype, Metric};
 use crate::backend::cuda::mem::{cublas_err, driver_err, DevBuf};
+use crate::backend::cuda::nvrtc;
 use crate::backend::cuda::{GpuTasks, TaskCtx};
 use crate::err;
 use crate::error::Result;
@@ -145,12 +145,6 @@ struct VecKernels {
     mma_ok: bool,
 }
 
-fn arch_name(cc: (i32, i32)) -> &'static str {
-    static NAMES: OnceLock<Mutex<HashMap<(i32, i32), &'static str>>> = OnceLock::new();
-    let mut g = lock(NAMES.get_or_init(|| Mutex::new(HashMap::new())));
-    g.entry(cc).or_insert_with(|| Box::leak(format!("sm_{}{}", cc.0, cc.1).into_boxed_str()))
-}
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -173,23 +167,22 @@ fn load_kernels(ctx: &Arc<CudaContext>, dims: usize, ld: usize) -> Result<Arc<Ve
     if let Some(k) = cache.get(&key) {
         return Ok(k.clone());
     }
-    let opts = CompileOptions {
-        arch: Some(arch_name(cc)),
-        fmad: Some(false),
+    let program = nvrtc::Program {
+        name: "vector/kernels/vector.cu",
+        source: SOURCE,
+        cc,
         options: vec![
+            // The storage contract's fixed summation order: no FMA contraction.
+            "--fmad=false".into(),
             format!("-DDIMS={dims}"),
             format!("-DLD={ld}"),
             format!("-DG16={}", g16(ld)),
             format!("-DNSTG={}", mma_pipe().0),
             format!("-DKC={}", mma_pipe().1),
         ],
-        name: Some("vector.cu".into()),
-        ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(SOURCE, opts).map_err(|e| {
-        err!(CudaUnavailable, "NVRTC could not compile vector/kernels/vector.cu for sm_{}{}: {e:?}", cc.0, cc.1)
-    })?;
-    let module = ctx.load_module(ptx).map_err(|e| driver_err(e, "loading the vector kernels"))?;
+    let (image, _) = nvrtc::compile(&program)?;
+    let module = ctx.load_module(image).map_err(|e| driver_err(e, "loading the vector kernels"))?;
     let attr = |a: CUdevice_attribute| -> Result<usize> {
         ctx.attribute(a).map(|v| v.max(0) as usize).map_err(|e| driver_err(e, "reading a device attribute"))
     };

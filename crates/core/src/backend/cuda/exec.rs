@@ -24,6 +24,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::Arc;
+use std::time::Instant;
 
 use cudarc::cublas::result as blas;
 use cudarc::cublas::sys as blas_sys;
@@ -33,7 +34,7 @@ use cudarc::driver::{CudaContext, CudaGraph, CudaStream};
 
 use super::kernels::{self, Kernels};
 use super::mem::{align_up, cublas_err, driver_err, DevBuf, Pinned};
-use super::{CudaOptions, Dtype, QkvMode, Shared};
+use super::{ms_since, CudaOptions, Dtype, QkvMode, Shared};
 use crate::backend::{ForwardOutput, TokenBatch};
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
@@ -395,7 +396,12 @@ impl Device {
         let stream = ctx.new_stream().map_err(|e| driver_err(e, "creating the stream"))?;
         let k = kernels::load(&ctx, d.hidden, d.head_dim, dt)?;
         shared.set_compile_ms(k.compile_ms);
+        shared.startup(|s| {
+            s.kernels = k.compile_ms;
+            s.kernel_cache = k.cache;
+        });
 
+        let t_upload = Instant::now();
         let weights = DevBuf::new(host.image.len(), "the weights")?;
         let ws = DevBuf::new(wso.total, "the workspaces")?;
         // SAFETY: both copies target allocations of at least the copied size
@@ -417,7 +423,9 @@ impl Device {
             layers: host.layers,
         };
         drop(host.image);
+        let upload_ms = ms_since(t_upload);
 
+        let t_blas = Instant::now();
         let handle = blas::create_handle().map_err(|e| cublas_err(e, "creating the cuBLAS handle"))?;
         let blas_h = Blas(handle);
         // SAFETY: the handle is ours; the stream outlives it (field order);
@@ -429,6 +437,12 @@ impl Device {
                 .result()
                 .map_err(|e| cublas_err(e, "setting the cuBLAS workspace"))?;
         }
+
+        let cublas_ms = ms_since(t_blas);
+        shared.startup(|s| {
+            s.upload = upload_ms;
+            s.cublas = cublas_ms;
+        });
 
         let pin_in = Pinned::<u32>::new(3 * tcap + ncap + 1, "inputs")?;
         let pin_out = Pinned::<f32>::new(ncap * d.hidden, "outputs")?;
@@ -463,9 +477,11 @@ impl Device {
         }
         // Warm-up: loads the cuBLAS kernels and proves the whole pass works
         // before the backend is reported ready.
+        let t_warm = Instant::now();
         let mut warm = TokenBatch::new();
         warm.push(&[0, 0, 0], &[0, 0, 0]);
         dev.forward(&warm, false)?;
+        dev.shared.startup(|s| s.warmup = ms_since(t_warm));
         Ok(dev)
     }
 

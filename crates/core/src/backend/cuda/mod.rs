@@ -27,6 +27,7 @@
 mod exec;
 mod kernels;
 pub(crate) mod mem;
+pub(crate) mod nvrtc;
 mod tasks;
 
 pub use tasks::{GpuTasks, TaskCtx};
@@ -35,15 +36,16 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use super::{Backend, BackendStatus, ForwardOutput, TokenBatch};
+use super::{Backend, BackendStatus, ForwardOutput, StartupTimings, TokenBatch};
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
 use crate::model::{BertWeights, ModelConfig};
 
 /// The compute (storage) dtype of weights and activations on the GPU.
 /// Accumulation (GEMMs, softmax, LayerNorm, pooling) is always fp32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Dtype {
     #[default]
     F16,
@@ -177,6 +179,7 @@ pub(crate) struct Shared {
     ncap: AtomicUsize,
     graphs: AtomicUsize,
     compile_us: AtomicU64,
+    startup: Mutex<StartupTimings>,
     passes: AtomicU64,
     seqs: AtomicU64,
     tokens: AtomicU64,
@@ -193,6 +196,7 @@ impl Shared {
             ncap: AtomicUsize::new(0),
             graphs: AtomicUsize::new(0),
             compile_us: AtomicU64::new(0),
+            startup: Mutex::new(StartupTimings::default()),
             passes: AtomicU64::new(0),
             seqs: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
@@ -228,6 +232,15 @@ impl Shared {
 
     pub(crate) fn set_compile_ms(&self, ms: f64) {
         self.compile_us.store((ms * 1e3) as u64, Ordering::Relaxed);
+    }
+
+    /// Record start-up phases (`StartupTimings`).
+    pub(crate) fn startup(&self, f: impl FnOnce(&mut StartupTimings)) {
+        let mut g = match self.startup.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g);
     }
 
     pub(crate) fn count(&self, seqs: usize, tokens: usize) {
@@ -280,7 +293,9 @@ impl CudaBackend {
     /// uploads the weights, allocates the workspaces and runs a warm-up
     /// pass. Blocking (~0.3–1 s the first time in a process).
     pub fn new(weights: &BertWeights, config: &ModelConfig, opts: &CudaOptions) -> Result<CudaBackend> {
+        let t_start = Instant::now();
         let probe = crate::device::probe();
+        let context_ms = ms_since(t_start);
         if !probe.available {
             return Err(err!(
                 CudaUnavailable,
@@ -297,6 +312,7 @@ impl CudaBackend {
             )
         })?;
         let device_name = probe.devices.get(opts.device).map(|d| d.name.clone()).unwrap_or_default();
+        let t_libs = Instant::now();
         // SAFETY: these only try to dlopen the libraries.
         let (has_blas, has_rtc) = catch_unwind(|| unsafe {
             (cudarc::cublas::sys::is_culib_present(), cudarc::nvrtc::sys::is_culib_present())
@@ -308,10 +324,18 @@ impl CudaBackend {
         if !has_rtc {
             return Err(err!(CudaUnavailable, "the NVRTC library (libnvrtc.so) was not found"));
         }
+        let libraries_ms = ms_since(t_libs);
         let dims = exec::Dims::new(config)?;
+        let t_host = Instant::now();
         let host = exec::HostModel::build(weights, opts.dtype, opts.gemm_nn);
+        let host_weights_ms = ms_since(t_host);
 
         let shared = Arc::new(Shared::new());
+        shared.startup(|s| {
+            s.context = context_ms;
+            s.libraries = libraries_ms;
+            s.host_weights = host_weights_ms;
+        });
         let (tx, rx) = mpsc::channel::<Job>();
         let (init_tx, init_rx) = mpsc::sync_channel::<Result<()>>(1);
         let thread_shared = shared.clone();
@@ -327,6 +351,7 @@ impl CudaBackend {
             let _ = thread.join();
             return Err(e);
         }
+        shared.startup(|s| s.total = ms_since(t_start));
         Ok(CudaBackend {
             tx: Some(tx),
             shared,
@@ -474,6 +499,10 @@ impl Backend for CudaBackend {
             max_batch_seqs: s.ncap.load(Ordering::Relaxed),
             graphs: s.graphs.load(Ordering::Relaxed),
             compile_ms: s.compile_us.load(Ordering::Relaxed) as f64 / 1e3,
+            startup_ms: Some(match s.startup.lock() {
+                Ok(g) => g.clone(),
+                Err(p) => p.into_inner().clone(),
+            }),
             passes: s.passes.load(Ordering::Relaxed),
             sequences: s.seqs.load(Ordering::Relaxed),
             tokens: s.tokens.load(Ordering::Relaxed),
@@ -492,4 +521,9 @@ impl Drop for CudaBackend {
             let _ = t.join();
         }
     }
+}
+
+/// Milliseconds since `t` (start-up phases).
+pub(crate) fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }

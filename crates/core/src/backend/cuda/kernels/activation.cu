@@ -35,6 +35,6 @@ static __device__ void bias_act(typename D::T* x, const float* __restrict__ bias
     extern "C" __global__ void NAME(D::T* x, const float* bias, int rows, int cols, int act) {     \
         bias_act<D>(x, bias, rows, cols, act);                                                      \
     }
-BIAS_ACT(bias_act_f16, DF16)
-BIAS_ACT(bias_act_bf16, DBF16)
-BIAS_ACT(bias_act_f32, DF32)
+ONLY_F16(BIAS_ACT(bias_act_f16, DF16))
+ONLY_BF16(BIAS_ACT(bias_act_bf16, DBF16))
+ONLY_F32(BIAS_ACT(bias_act_f32, DF32))

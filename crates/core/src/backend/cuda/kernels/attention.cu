@@ -166,6 +166,6 @@ static __device__ void attention(const typename D::T* __restrict__ qkv, const fl
                                                            const unsigned int* cu_seqlens, float scale) {        \
         attention<D>(qkv, bias, ctx, cu_seqlens, scale);                                                         \
     }
-ATTENTION(attention_f16, DF16)
-ATTENTION(attention_bf16, DBF16)
-ATTENTION(attention_f32, DF32)
+ONLY_F16(ATTENTION(attention_f16, DF16))
+ONLY_BF16(ATTENTION(attention_bf16, DBF16))
+ONLY_F32(ATTENTION(attention_f32, DF32))

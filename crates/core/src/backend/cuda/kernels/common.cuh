@@ -8,6 +8,25 @@
 // Storage types: DF16 (IEEE half), DBF16 (bfloat16), DF32 (float). All
 // arithmetic is fp32; only loads/stores convert.
 
+// Each program instantiates its kernels for one storage dtype only, named
+// by the host (-DDTYPE_F16, -DDTYPE_BF16 or -DDTYPE_F32): a third of the
+// code for NVRTC to compile at start-up.
+#if defined(DTYPE_F16)
+#define ONLY_F16(...) __VA_ARGS__
+#else
+#define ONLY_F16(...)
+#endif
+#if defined(DTYPE_BF16)
+#define ONLY_BF16(...) __VA_ARGS__
+#else
+#define ONLY_BF16(...)
+#endif
+#if defined(DTYPE_F32)
+#define ONLY_F32(...) __VA_ARGS__
+#else
+#define ONLY_F32(...)
+#endif
+
 #define FULL_MASK 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 

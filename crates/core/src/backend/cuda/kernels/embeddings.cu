@@ -33,6 +33,6 @@ static __device__ void embed_ln(const unsigned int* __restrict__ ids, const type
                                     const float* gamma, const float* beta, D::T* out, int rows, float eps) {               \
         embed_ln<D>(ids, word, pos, typ, gamma, beta, out, rows, eps);                                                      \
     }
-EMBED_LN(embed_ln_f16, DF16)
-EMBED_LN(embed_ln_bf16, DBF16)
-EMBED_LN(embed_ln_f32, DF32)
+ONLY_F16(EMBED_LN(embed_ln_f16, DF16))
+ONLY_BF16(EMBED_LN(embed_ln_bf16, DBF16))
+ONLY_F32(EMBED_LN(embed_ln_f32, DF32))

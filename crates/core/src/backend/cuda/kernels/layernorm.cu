@@ -30,9 +30,9 @@ static __device__ void bias_residual_ln(const typename D::T* __restrict__ x, con
                                     int rows, float eps) {                                                                  \
         bias_residual_ln<D>(x, bias, hidden, gamma, beta, rows, eps);                                                       \
     }
-BIAS_RESIDUAL_LN(bias_residual_ln_f16, DF16)
-BIAS_RESIDUAL_LN(bias_residual_ln_bf16, DBF16)
-BIAS_RESIDUAL_LN(bias_residual_ln_f32, DF32)
+ONLY_F16(BIAS_RESIDUAL_LN(bias_residual_ln_f16, DF16))
+ONLY_BF16(BIAS_RESIDUAL_LN(bias_residual_ln_bf16, DBF16))
+ONLY_F32(BIAS_RESIDUAL_LN(bias_residual_ln_f32, DF32))
 
 // Packed hidden state to fp32 (the `last_hidden` output).
 template <class D>
@@ -42,6 +42,6 @@ static __device__ void to_f32(const typename D::T* __restrict__ x, float* __rest
 }
 #define TO_F32(NAME, D) \
     extern "C" __global__ void NAME(const D::T* x, float* out, long long n) { to_f32<D>(x, out, n); }
-TO_F32(to_f32_f16, DF16)
-TO_F32(to_f32_bf16, DBF16)
-TO_F32(to_f32_f32, DF32)
+ONLY_F16(TO_F32(to_f32_f16, DF16))
+ONLY_BF16(TO_F32(to_f32_bf16, DBF16))
+ONLY_F32(TO_F32(to_f32_f32, DF32))

@@ -33,6 +33,6 @@ static __device__ void pool(const typename D::T* __restrict__ hidden, const unsi
                                     int mode) {                                                       \
         pool<D>(hidden, cu_seqlens, out, mode);                                                       \
     }
-POOL(pool_f16, DF16)
-POOL(pool_bf16, DBF16)
-POOL(pool_f32, DF32)
+ONLY_F16(POOL(pool_f16, DF16))
+ONLY_BF16(POOL(pool_bf16, DBF16))
+ONLY_F32(POOL(pool_f32, DF32))
