@@ -20,6 +20,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use cuda_engine_core::embedder::EmbedOptions;
 use cuda_engine_core::engine::EnvelopeInput;
+use cuda_engine_core::envelope::{decode_base64, Encoding};
 use cuda_engine_core::err;
 use cuda_engine_core::error::{CoreError, Result};
 use cuda_engine_core::grpc::proto::engine as pb;
@@ -27,6 +28,7 @@ use cuda_engine_core::grpc::proto::engine::engine_client::EngineClient;
 use cuda_engine_core::grpc::proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use cuda_engine_core::grpc::{status, tensor};
 use cuda_engine_core::infer::{InferRequest, InferResponse};
+use cuda_engine_core::jobs::JobOutput;
 use cuda_engine_core::worker::protocol;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -186,6 +188,24 @@ pub fn envelope_json(input: EnvelopeInput) -> Result<String> {
     serde_json::to_string(&Value::Object(obj)).map_err(|e| err!(Internal, "the envelope could not be written: {e}"))
 }
 
+/// A job result's wire JSON (`JobResult::to_json`: `result` or
+/// `result_b64`, `encoding`) as the protocol's outcome.
+pub fn job_result_outcome(json: &str) -> std::result::Result<(JobOutput, &'static str), String> {
+    let v: Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+    let Value::Object(mut obj) = v else { return Err("not a JSON object".into()) };
+    if obj.get("ok").and_then(Value::as_bool) != Some(true) {
+        return Err("`ok` is not true".into());
+    }
+    let encoding = obj.get("encoding").and_then(Value::as_str).and_then(Encoding::parse).map(Encoding::as_str);
+    if let Some(b64) = obj.remove("result_b64") {
+        let b64 = b64.as_str().ok_or("`result_b64` is not a string")?;
+        let bytes = decode_base64(b64, "result_b64").map_err(|e| e.message)?;
+        return Ok((JobOutput::Bytes(bytes), encoding.unwrap_or("raw")));
+    }
+    let result = obj.remove("result").ok_or("no `result` or `result_b64`")?;
+    Ok((JobOutput::Json(result), encoding.unwrap_or("json")))
+}
+
 impl Runner for Shim {
     fn name(&self) -> &'static str {
         "cuda-grpc-shim"
@@ -203,12 +223,8 @@ impl Runner for Shim {
         };
         let mut client = self.engine.clone();
         let resp = self.cancellable(&cancel, client.submit(req)).await?;
-        // The server answers the job result's wire JSON, which is a
-        // protocol reply without `id`.
-        let parsed = protocol::parse_json_response(resp.json.as_bytes()).map_err(|why| {
-            err!(Remote, "{} answered a Submit whose result is not a job result ({why})", self.target)
-        })?;
-        parsed.outcome
+        job_result_outcome(&resp.json)
+            .map_err(|why| err!(Remote, "{} answered a Submit whose result is not a job result ({why})", self.target))
     }
 
     async fn embed(&self, texts: Vec<String>, opts: EmbedOptions, cancel: CancellationToken) -> Result<Vec<Vec<f32>>> {
@@ -262,6 +278,17 @@ mod tests {
         };
         let v: Value = serde_json::from_str(&envelope_json(EnvelopeInput::Raw(raw)).unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({"id": "j", "type": "echo", "payload_b64": "AP8B", "encoding": "raw"}));
+    }
+
+    #[test]
+    fn job_results_read_back() {
+        let (out, enc) =
+            job_result_outcome(r#"{"id":"j","type":"echo","ok":true,"encoding":"raw","result_b64":"AP8B"}"#).unwrap();
+        assert_eq!((out, enc), (JobOutput::Bytes(vec![0, 255, 1]), "raw"));
+        let (out, enc) = job_result_outcome(r#"{"id":"j","ok":true,"encoding":"json","result":{"a":1}}"#).unwrap();
+        assert_eq!((out, enc), (JobOutput::Json(serde_json::json!({"a": 1})), "json"));
+        assert!(job_result_outcome(r#"{"ok":true}"#).is_err());
+        assert!(job_result_outcome("[]").is_err());
     }
 
     #[tokio::test(flavor = "current_thread")]
