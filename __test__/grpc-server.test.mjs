@@ -336,6 +336,59 @@ test('a 64 MiB payload round trip (Submit echo of raw bytes); a message over the
   assert.equal(ok.result, 'still here')
 })
 
+test('VectorSearch / VectorSearchStream over an index loaded with --index NAME=PATH: the same hits as the in-process index', async (t) => {
+  const { VectorIndex } = addon
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'grpc-index-'))
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const index = await VectorIndex.create({ dims: 384, metric: 'cosine', dtype: 'fp32', device: 'cpu' })
+  await index.upsert(texts.map((_, i) => `doc${i}`), expected, { namespaces: texts.map((_, i) => (i % 2 ? 'odd' : 'even')) })
+  const file = path.join(dir, 'docs.idx')
+  await index.save(file)
+  const s = await startServer(t, { args: ['--index', `docs=${file}`] })
+  const cl = clients(s.addr)
+  t.after(() => cl.close())
+  const queries = Buffer.from(new Float32Array([...expected[2], ...expected[5]]).buffer)
+  const want = await index.search(new Float32Array([...expected[2], ...expected[5]]), { k: 3 })
+  const r = await unary(cl.engine, 'VectorSearch', { index: 'docs', k: 3, vectors: queries, id: 'q1' })
+  assert.equal(r.id, 'q1')
+  assert.equal(r.results.length, 2)
+  r.results.forEach((h, i) => {
+    assert.deepEqual(h.ids, want[i].ids)
+    h.scores.forEach((x, j) => assert.ok(Math.abs(x - want[i].scores[j]) < 1e-5))
+  })
+  assert.equal(r.results[0].ids[0], 'doc2')
+  // Texts are embedded on the server; a namespace filters.
+  const byText = await unary(cl.engine, 'VectorSearch', { index: 'docs', k: 2, texts: [texts[3]], namespace: 'odd' })
+  assert.equal(byText.results[0].ids[0], 'doc3')
+  assert.ok(byText.results[0].ids.every((id) => Number(id.slice(3)) % 2 === 1))
+  let e = await failure(unary(cl.engine, 'VectorSearch', { index: 'nope', vectors: queries }))
+  assert.equal(engineCode(e), 'E_INVALID_ARG')
+  e = await failure(unary(cl.engine, 'VectorSearch', { index: 'docs', vectors: queries, texts: ['x'] }))
+  assert.equal(engineCode(e), 'E_INVALID_ARG')
+  e = await failure(unary(cl.engine, 'VectorSearch', { index: 'docs', vectors: Buffer.alloc(6) }))
+  assert.equal(engineCode(e), 'E_INVALID_ARG')
+  const got = []
+  await new Promise((resolve, reject) => {
+    const call = cl.engine.VectorSearchStream()
+    call.on('data', (m) => got.push(m))
+    call.on('error', reject)
+    call.on('end', resolve)
+    for (let i = 0; i < 20; i++) call.write({ id: `v${i}`, index: 'docs', k: 1, texts: [texts[i % texts.length]] })
+    call.write({ id: 'bad', index: 'missing', k: 1, texts: ['x'] })
+    call.end()
+  })
+  assert.equal(got.length, 21)
+  for (const m of got) {
+    if (m.id === 'bad') {
+      assert.equal(m.result, 'error')
+      assert.equal(m.error.code, 'E_INVALID_ARG')
+    } else {
+      assert.equal(m.result, 'hits', JSON.stringify(m.error))
+      assert.equal(m.hits.results[0].ids[0], `doc${Number(m.id.slice(1)) % texts.length}`)
+    }
+  }
+})
+
 test('gzip: compressed requests are accepted and answers come compressed when asked', async () => {
   const gz = clients(server.addr, grpc.credentials.createInsecure(), { 'grpc.default_compression_algorithm': 2 })
   try {
