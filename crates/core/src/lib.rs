@@ -7,7 +7,8 @@
 //!   (the one options schema) at the top;
 //! - `embedder` (model + backend + batcher + tokenization), `worker` (the
 //!   external process), `infer` (Open Inference Protocol: `protocol` types
-//!   and the `run`ner);
+//!   and the `run`ner), `grpc` (generated protos, the status mapping,
+//!   protobuf tensors, and the remote client of `EngineOptions.remote`);
 //! - `batcher` and `backend` (CPU, CUDA) below them;
 //! - leaves: `model` (files: config, weights, tokenizer, resolution),
 //!   `envelope`, `jobs`, `device`, `discovery`, `error`.
