@@ -242,6 +242,18 @@ test('Submit: echo (JSON and raw bytes) and embedding envelopes answer the job r
   assert.equal(engineCode(e), 'E_INVALID_ARG')
 })
 
+test('a body that is not protobuf is INVALID_ARGUMENT with E_DECODE (tonic answers it before any handler; recoded)', async () => {
+  const e = await failure(new Promise((resolve, reject) => {
+    c.engine.makeUnaryRequest('/cuda_engine.v1.Engine/Embed', (b) => b, (b) => b, Buffer.from([0x0a, 0xff, 0xff, 0xff]), (err, r) => (err ? reject(err) : resolve(r)))
+  }))
+  assert.equal(e.code, grpc.status.INVALID_ARGUMENT, e.details)
+  assert.equal(engineCode(e), 'E_DECODE')
+  const u = await failure(new Promise((resolve, reject) => {
+    c.engine.makeUnaryRequest('/cuda_engine.v1.Engine/NoSuchMethod', (b) => b, (b) => b, Buffer.alloc(0), (err, r) => (err ? reject(err) : resolve(r)))
+  }))
+  assert.equal(u.code, grpc.status.UNIMPLEMENTED)
+})
+
 test('Health answers the health document; grpc.health.v1 says SERVING', async () => {
   const h = JSON.parse((await unary(c.engine, 'Health', {})).json)
   assert.equal(h.status, 'ok')
