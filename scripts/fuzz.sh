@@ -5,7 +5,8 @@
 #
 # Targets: every [[bin]] of fuzz/Cargo.toml (`cargo fuzz list`): envelope,
 # base64, cbor_msgpack, worker_protocol, infer_request, index_file (the
-# vector index file loader); a new target is registered there and gets its
+# vector index file loader), grpc_messages (protobuf tensors of the gRPC
+# server and client; seeds from fuzz/gen_grpc_corpus.py); a new target is registered there and gets its
 # seeds in fuzz/corpus/<target>/.
 #
 # Installs cargo-fuzz (pinned, skipped when that version is present), builds

@@ -36,13 +36,15 @@ pub fn parameters_from_proto(p: &std::collections::HashMap<String, pb::InferPara
         .collect()
 }
 
-/// JSON parameters to protocol parameters. Values the protocol has no kind
-/// for (arrays, objects, null) travel as their JSON text.
+/// JSON parameters to protocol parameters. `null` is a parameter with no
+/// value set (what `parameters_from_proto` reads as `null`); values the
+/// protocol has no kind for (arrays, objects) travel as their JSON text.
 pub fn parameters_to_proto(p: &Map<String, Value>) -> std::collections::HashMap<String, pb::InferParameter> {
     use pb::infer_parameter::ParameterChoice as C;
     p.iter()
         .map(|(k, v)| {
             let choice = match v {
+                Value::Null => return (k.clone(), pb::InferParameter { parameter_choice: None }),
                 Value::Bool(b) => C::BoolParam(*b),
                 Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
                     (Some(i), _, _) => C::Int64Param(i),
@@ -456,6 +458,13 @@ mod tests {
         let raw = response_to_proto(&resp, true);
         assert_eq!(raw.raw_output_contents.len(), all.len());
         assert_eq!(response_from_proto(&raw).unwrap(), resp);
+    }
+
+    #[test]
+    fn parameters_round_trip_null_included() {
+        let p = serde_json::json!({"b": true, "i": -3, "u": u64::MAX, "d": 0.25, "s": "x", "n": null});
+        let p = p.as_object().cloned().unwrap_or_default();
+        assert_eq!(parameters_from_proto(&parameters_to_proto(&p)), p);
     }
 
     #[test]
