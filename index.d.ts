@@ -69,7 +69,7 @@ export interface Health {
   /** The local model; null when the engine has none (worker-only: `embed` rejects with `E_MODEL`). */
   model: { name: string; dims: number; max_tokens: number; [k: string]: unknown } | null
   /** The loaded model's compute backend: device, dtype, device memory held (bytes), passes, fault. */
-  compute: { backend: 'cuda' | 'cpu'; device: number | null; dtype: string; memory_bytes: number; fault: string | null; [k: string]: unknown } | null
+  compute: { backend: 'cuda' | 'cpu'; device: number | null; dtype: string; memory_bytes: number; fault: string | null; startup_ms?: StartupTimings; [k: string]: unknown } | null
   queue: { depth: number; in_flight: number }
   /** Where the model runs (`EngineOptions.isolation`). With `'process'`: the
    * isolated cuda-worker's pid (null while none is up), how often it was
@@ -282,6 +282,21 @@ export type ErrorCode =
   | 'E_CLOSED' | 'E_UNAUTHORIZED' | 'E_FORBIDDEN' | 'E_UNSUPPORTED_MEDIA_TYPE'
   | 'E_REQUEST_TIMEOUT' | 'E_REMOTE' | 'E_CUDA_UNAVAILABLE' | 'E_GPU_OOM' | 'E_CUDA_FAULT'
   | 'E_INTERNAL'
+
+/** Where a CUDA backend's start-up went, ms (`health().compute.startup_ms`; docs/gpu.md "Cold start"). */
+export interface StartupTimings {
+  files: number
+  context: number
+  libraries: number
+  host_weights: number
+  kernels: number
+  /** `hit` (disk cache), `miss` (compiled and cached), `off` (compiled, no cache), `loaded` (already in this process). */
+  kernel_cache: 'hit' | 'miss' | 'off' | 'loaded'
+  upload: number
+  cublas: number
+  warmup: number
+  total: number
+}
 
 /** A row of the error-code table (`errorCodes()`, docs/error-codes.json). */
 export interface ErrorCodeInfo {
