@@ -150,8 +150,12 @@ fn main() -> ExitCode {
         // given.
         config.worker = None;
         config.isolation = Default::default();
-        config.model_loading = ModelLoading::OnFirstUse;
     }
+    // The model loads on first use here (a one-shot echo job must not pay
+    // for it) or, with --grpc and --preload, in the background from the
+    // runtime: not in `Engine::open` on the main thread before the runtime
+    // exists.
+    config.model_loading = ModelLoading::OnFirstUse;
     let engine = match Engine::open(config) {
         Ok(e) => e,
         Err(e) => {
