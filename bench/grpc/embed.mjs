@@ -114,7 +114,8 @@ const results = { device, model: path.basename(model), single_text: {}, batch_51
 const local = await Engine.open({ model, device, maxTextsPerCall: 100000, maxEnvelopeBytes: 128 << 20 })
 const server = await startServer()
 const http = await startHttp()
-const remote = await Engine.open({ remote: { endpoints: [`grpc://${server.addr}`], maxMessageBytes: 128 << 20 } })
+// The server names its model after the model directory.
+const remote = await Engine.open({ remote: { endpoints: [`grpc://${server.addr}`], maxMessageBytes: 128 << 20, model: path.basename(model) } })
 const creds = grpc.credentials.createInsecure()
 const gjs = new pkg.cuda_engine.v1.Engine(server.addr, creds, { 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 })
 const post = async (body) => {
@@ -200,7 +201,7 @@ try {
     const f = path.join(root, 'bench/out/grpc_texts.json')
     fs.mkdirSync(path.dirname(f), { recursive: true })
     fs.writeFileSync(f, JSON.stringify({ short: SHORT, batch: batch512 }))
-    const p = spawnSync(py, [path.join(root, 'bench/grpc/embed_tritonclient.py'), server.addr, f, String(singleN), String(batchesN)], { encoding: 'utf8' })
+    const p = spawnSync(py, [path.join(root, 'bench/grpc/embed_tritonclient.py'), server.addr, f, String(singleN), String(batchesN), path.basename(model)], { encoding: 'utf8' })
     if (p.status === 0) {
       const tc = JSON.parse(p.stdout)
       r.tritonclient = { ...tc.single, added_p50_ms: +(tc.single.p50_ms - r.in_process.p50_ms).toFixed(3) }
