@@ -36,7 +36,7 @@ function tmpdir(t, name) {
   return d
 }
 
-test('root package: npm pack ships the loader, types, ESM entry, bins, docs and README, nothing else', () => {
+test('root package: npm pack ships the loader, types, ESM entry, bins, docs, protos and README, nothing else', () => {
   const files = dryRun(root)
   const want = [
     'README.md',
@@ -48,6 +48,7 @@ test('root package: npm pack ships the loader, types, ESM entry, bins, docs and 
     'package.json',
     'platform.cjs',
     ...listFiles('docs'),
+    ...listFiles('proto'),
   ].sort((a, b) => a.localeCompare(b))
   assert.deepEqual(files.map((f) => f.path), want)
   for (const f of files) {
