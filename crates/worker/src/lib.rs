@@ -11,3 +11,14 @@
 pub mod grpc;
 pub mod shim;
 pub mod stdio;
+
+/// `CUDA_ENGINE_OPTIONS` as JSON (the default of `--options` in both
+/// binaries); null when unset or blank, a message when it is not JSON.
+pub fn options_from_env() -> Result<serde_json::Value, String> {
+    match std::env::var("CUDA_ENGINE_OPTIONS") {
+        Ok(s) if !s.trim().is_empty() => {
+            serde_json::from_str(&s).map_err(|e| format!("CUDA_ENGINE_OPTIONS is not JSON: {e}"))
+        }
+        _ => Ok(serde_json::Value::Null),
+    }
+}

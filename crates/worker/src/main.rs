@@ -71,12 +71,9 @@ fn main() -> ExitCode {
     let mut preload = false;
     let mut grpc_addr: Option<String> = None;
     let mut grpc = GrpcConfig::default();
-    let mut options = match std::env::var("CUDA_ENGINE_OPTIONS") {
-        Ok(s) if !s.trim().is_empty() => match serde_json::from_str::<Value>(&s) {
-            Ok(v) => v,
-            Err(e) => return usage_error(&format!("CUDA_ENGINE_OPTIONS is not JSON: {e}")),
-        },
-        _ => Value::Null,
+    let mut options = match cuda_worker::options_from_env() {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -822,7 +822,8 @@ fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Resul
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes` (digests in file names and messages).
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

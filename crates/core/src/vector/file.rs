@@ -43,6 +43,7 @@ use super::{
 };
 use crate::device::DevicePreference;
 use crate::error::{CoreError, ErrorCode, Result};
+use crate::model::hub::hex;
 
 /// The first four bytes of every index file.
 const MAGIC: [u8; 4] = *b"CEVI";
@@ -139,10 +140,6 @@ impl<'a, W: Write> HashWriter<'a, W> {
         self.inner.write_all(&digest).map_err(|e| index_err(self.file, format_args!("cannot write: {e}")))?;
         Ok((self.inner, digest, self.bytes + CHECKSUM_BYTES as u64))
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);

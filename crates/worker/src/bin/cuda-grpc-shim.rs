@@ -36,12 +36,9 @@ fn main() -> ExitCode {
     let mut tls_ca = std::env::var_os("CUDA_GRPC_TLS_CA").filter(|s| !s.is_empty()).map(PathBuf::from);
     let mut job_target = "local".to_string();
     let mut gzip = false;
-    let mut options = match std::env::var("CUDA_ENGINE_OPTIONS") {
-        Ok(s) if !s.trim().is_empty() => match serde_json::from_str::<Value>(&s) {
-            Ok(v) => v,
-            Err(e) => return usage_error(&format!("CUDA_ENGINE_OPTIONS is not JSON: {e}")),
-        },
-        _ => Value::Null,
+    let mut options = match cuda_worker::options_from_env() {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::err;
 use crate::error::Result;
+use crate::model::hub::hex;
 
 const MAGIC: &[u8; 8] = b"CEKC1\0\0\0";
 
@@ -103,10 +104,6 @@ fn cache_key(p: &Program<'_>) -> String {
         h.update(part.as_bytes());
     }
     hex(&h.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An entry's body if the file is whole and its checksum matches.
