@@ -2,11 +2,19 @@
 // cuda-service: the cuda-engine addon behind HTTP (default 127.0.0.1:8096).
 //
 //   GET  /livez           -> 200 {"status":"ok"}: liveness, never needs the token
+//   GET  /readyz          -> 200 {"status":"ready"}, 503 once shutdown began
 //   GET  /api/v1/health   -> 200 health JSON (503 when status is "error")
 //   POST /api/v1/submit   -> 200 job result; body = the JSON envelope
 //                            (?timeoutMs=N&target=auto|local|worker)
+//   POST /api/v1/search   -> 200 hits; body = a vector_search payload
+//   POST /v1/embeddings   -> OpenAI-compatible embeddings (service/openai.mjs)
+//   GET  /v1/models
+//   /v2/...               -> KServe v2 / Open Inference Protocol REST (service/kserve.mjs)
+//   GET  /metrics         -> Prometheus text: the engine's metrics() and the service's
 //
-// Errors are JSON: {"ok":false,"error":{"code":"E_…","message":"…"}}. An
+// Errors are JSON: {"ok":false,"error":{"code":"E_…","message":"…"}} on the
+// :8096 routes, OpenAI's {"error":{message,type,param,code}} under /v1/ and
+// KServe's {"error":"…","code":"E_…"} under /v2. An
 // engine error's HTTP status comes from the addon's table (`errorCodes()`);
 // the service's own rejections (Host, Origin, token, content type, body
 // limits, timeouts) carry the statuses listed in docs/reliability.md "HTTP
@@ -22,9 +30,13 @@ import v8 from 'node:v8'
 import vm from 'node:vm'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
+import { openaiRoutes, openaiError } from './service/openai.mjs'
+import { kserveRoutes } from './service/kserve.mjs'
+import { HttpMetrics } from './service/metrics.mjs'
 
 const require = createRequire(import.meta.url)
 const { Engine, errorCodes } = require('../loader.cjs')
+const { version: VERSION } = require('../package.json')
 
 const MiB = 1024 * 1024
 
@@ -173,6 +185,16 @@ class HttpError extends Error {
     this.headers = headers
   }
 }
+/** An HttpError; `param` (OpenAI's field naming the bad parameter) is not a header. */
+const httpError = (status, code, message, { param, ...headers } = {}) => Object.assign(new HttpError(status, code, message, headers), { param })
+
+/** The error body of each route family (ctx.shape, from the path). */
+function errorBody(shape, status, code, message, param) {
+  if (shape === 'openai') return { error: openaiError(code, status, message, param) }
+  if (shape === 'kserve') return { error: message, code }
+  return { ok: false, error: { code, message } }
+}
+const shapeOf = (path) => (path.startsWith('/v1/') ? 'openai' : path === '/v2' || path.startsWith('/v2/') ? 'kserve' : 'legacy')
 const CLOSE = { connection: 'close' }
 const CTX = Symbol('request log context')
 
@@ -222,7 +244,9 @@ export async function startService(config) {
   let released = 0 // body bytes released since the last forced GC
   let gcTimer = null
   const GC_AFTER_BYTES = 16 * MiB
-  let stopping = false
+  let stopping = false // shutdown began: readiness is false, replies close their connection
+  let engineClosed = false
+  const httpMetrics = new HttpMetrics()
 
   const engine = await Engine.open(cfg.options)
   for (const { name, path } of cfg.indexes ?? []) {
@@ -287,6 +311,122 @@ export async function startService(config) {
     })
   }
 
+  const requireJson = (req) => {
+    // A JSON content type: a cross-site page cannot send one without a CORS preflight.
+    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
+    if (!cfg.allowAnyContentType && type !== 'application/json')
+      throw new HttpError(415, 'E_UNSUPPORTED_MEDIA_TYPE', `the body must be JSON sent as "Content-Type: application/json", got ${JSON.stringify(req.headers['content-type'] ?? null)} (--allow-any-content-type accepts any)`, CLOSE)
+  }
+  /** The body parsed as JSON (bounded like every body by readBody). */
+  const readJson = async (req, ctx) => {
+    const body = await readBody(req, ctx)
+    try {
+      return JSON.parse(body.toString('utf8'))
+    } catch (e) {
+      throw new HttpError(400, 'E_BAD_JSON', `the body is not JSON: ${e.message}`)
+    }
+  }
+  /** A signal that aborts when the client disconnects (its job is cancelled: E_CANCELLED). */
+  const abortOnClose = (res) => {
+    const abort = new AbortController()
+    res.on('close', () => {
+      if (!res.writableFinished) abort.abort()
+    })
+    return abort.signal
+  }
+  /** The model the engine serves ({name, dims, normalize}); E_UNKNOWN_MODEL when none is loaded. */
+  let servedModel = null
+  const served = async () => {
+    if (servedModel) return servedModel
+    const [m] = await engine.models()
+    if (!m) throw new HttpError(404, 'E_UNKNOWN_MODEL', 'this service has no model loaded (Engine.open options: model)')
+    servedModel = { name: m.name, dims: Number(m.parameters?.hidden_size), normalize: m.parameters?.normalize !== false }
+    return servedModel
+  }
+  const ready = () => !stopping && !engineClosed
+
+  /** A streamed NDJSON reply: line(obj) waits while the socket is full; a gone client throws. */
+  function startStream(res, ctx) {
+    res.writeHead(200, { 'content-type': 'application/x-ndjson; charset=utf-8', 'cache-control': 'no-store', ...(stopping ? CLOSE : {}) })
+    return {
+      async line(obj) {
+        if (res.destroyed) throw Object.assign(new Error('the client closed the connection during the reply'), { aborted: true })
+        const text = `${JSON.stringify(obj)}\n`
+        ctx.bytes += Buffer.byteLength(text)
+        if (res.write(text)) return
+        // Back-pressure: wait until the socket drains (or the client leaves).
+        await new Promise((resolve) => {
+          const done = () => (res.off('drain', done), res.off('close', done), resolve())
+          res.on('drain', done).on('close', done)
+        })
+      },
+      end: () => res.end(),
+    }
+  }
+
+  const svc = { engine, served, ready, readJson, requireJson, httpError, abortOnClose, statusFor, version: VERSION, startStream }
+  svc.send = (res, status, body, headers) => send(res, status, body, headers)
+  svc.sendText = (res, status, text, headers) => sendText(res, status, text, headers)
+
+  /** The :8096 routes. */
+  const legacyRoutes = [
+    { path: '/livez', open: true, handler: getOnly((_q, res) => send(res, 200, { status: 'ok' })) },
+    { path: '/readyz', handler: getOnly((_q, res) => send(res, ready() ? 200 : 503, { status: ready() ? 'ready' : 'stopping' })) },
+    {
+      path: '/api/v1/health',
+      handler: async (req, res) => {
+        if (req.method !== 'GET') throw new HttpError(405, 'E_INVALID_ARG', 'use GET /api/v1/health', { allow: 'GET' })
+        const h = await engine.health()
+        return send(res, h.status === 'error' ? 503 : 200, h)
+      },
+    },
+    {
+      path: '/api/v1/submit',
+      handler: async (req, res, ctx, url) => {
+        if (req.method !== 'POST') throw new HttpError(405, 'E_INVALID_ARG', 'use POST /api/v1/submit with a JSON envelope', { allow: 'POST' })
+        const callOpts = {}
+        const t = url.searchParams.get('timeoutMs')
+        if (t !== null) {
+          const n = Number(t)
+          if (!Number.isFinite(n) || n < 0) throw new HttpError(400, 'E_INVALID_ARG', `timeoutMs must be a number >= 0, got ${JSON.stringify(t)}`)
+          callOpts.timeoutMs = n
+        }
+        const target = url.searchParams.get('target')
+        if (target !== null) callOpts.target = target
+        requireJson(req)
+        const body = await readBody(req, ctx)
+        callOpts.signal = abortOnClose(res)
+        // The raw bytes go to the engine, which decodes and limits them.
+        const result = await engine.submit(new Uint8Array(body.buffer, body.byteOffset, body.length), callOpts)
+        return send(res, 200, wireResult(result))
+      },
+    },
+    {
+      // A vector_search payload as the body: { index, k?, namespace?, vector | vectors | text | texts }.
+      path: '/api/v1/search',
+      handler: async (req, res, ctx) => {
+        if (req.method !== 'POST') throw new HttpError(405, 'E_INVALID_ARG', 'use POST /api/v1/search with a JSON vector_search payload', { allow: 'POST' })
+        requireJson(req)
+        const body = await readBody(req, ctx)
+        // The body stays bytes: the engine parses (and limits) the envelope around it.
+        const envelope = Buffer.concat([Buffer.from('{"type":"vector_search","payload":'), body, Buffer.from('}')])
+        const result = await engine.submit(new Uint8Array(envelope.buffer, envelope.byteOffset, envelope.length), { signal: abortOnClose(res) })
+        return send(res, 200, result.result)
+      },
+    },
+    {
+      path: '/metrics',
+      handler: getOnly((_q, res) => {
+        const own = engine.metrics()
+        const text = `${own}${own.endsWith('\n') ? '' : '\n'}${httpMetrics.text()}`
+        return sendText(res, 200, text, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' })
+      }),
+    },
+  ]
+  const routes = [...legacyRoutes, ...openaiRoutes(svc), ...kserveRoutes(svc)]
+  const ROUTE_LIST = routes.filter((r) => r.path).map((r) => r.path).join(', ')
+  const findRoute = (path) => routes.find((r) => (r.path ? r.path === path : r.match(path)))
+
   async function handle(req, res, ctx) {
     // The request target is the client's: parsing it is inside the error boundary.
     let url
@@ -296,6 +436,7 @@ export async function startService(config) {
       throw new HttpError(400, 'E_INVALID_ARG', `the request target is not a valid URL: ${JSON.stringify(req.url.slice(0, 200))}`)
     }
     ctx.path = url.pathname
+    ctx.shape = shapeOf(url.pathname)
     if (hostCheck && req.headers.host !== undefined && !allowedHosts.has('*') && !allowedHosts.has(hostName(req.headers.host)))
       throw new HttpError(403, 'E_FORBIDDEN', `Host ${JSON.stringify(req.headers.host)} is not allowed (allowed: ${[...allowedHosts].join(', ')}; --allow-host adds names)`)
     const origin = req.headers.origin
@@ -315,82 +456,47 @@ export async function startService(config) {
         return res.end()
       }
     }
-    if (url.pathname === '/livez') {
-      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, 'E_INVALID_ARG', 'use GET /livez', { allow: 'GET, HEAD' })
-      return send(res, 200, { status: 'ok' })
-    }
-    if (tokenDigest) {
+    const route = findRoute(url.pathname)
+    ctx.route = route ? (route.route?.(url.pathname) ?? route.path) : null
+    if (route && !route.open && tokenDigest) {
       const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(req.headers.authorization ?? '')
       if (!m) throw new HttpError(401, 'E_UNAUTHORIZED', 'this service needs "Authorization: Bearer <token>"', { 'www-authenticate': 'Bearer realm="cuda-service"' })
       if (!crypto.timingSafeEqual(digest(m[1]), tokenDigest))
         throw new HttpError(401, 'E_UNAUTHORIZED', 'the bearer token is not valid', { 'www-authenticate': 'Bearer realm="cuda-service", error="invalid_token"' })
     }
-    if (url.pathname === '/api/v1/health') {
-      if (req.method !== 'GET') throw new HttpError(405, 'E_INVALID_ARG', 'use GET /api/v1/health', { allow: 'GET' })
-      const h = await engine.health()
-      return send(res, h.status === 'error' ? 503 : 200, h)
+    if (!route) throw new HttpError(404, 'E_INVALID_ARG', `no route ${req.method} ${url.pathname} (routes: ${ROUTE_LIST}, /v2/models/{name}[/versions/{v}][/ready|/infer])`)
+    return route.handler(req, res, ctx, url)
+  }
+
+  /** A GET (or HEAD) route; other methods are 405. */
+  function getOnly(handler) {
+    return (req, res, ctx, url) => {
+      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, 'E_INVALID_ARG', `use GET ${url.pathname}`, { allow: 'GET, HEAD' })
+      return handler(req, res, ctx, url)
     }
-    if (url.pathname === '/api/v1/submit') {
-      if (req.method !== 'POST') throw new HttpError(405, 'E_INVALID_ARG', 'use POST /api/v1/submit with a JSON envelope', { allow: 'POST' })
-      const callOpts = {}
-      const t = url.searchParams.get('timeoutMs')
-      if (t !== null) {
-        const n = Number(t)
-        if (!Number.isFinite(n) || n < 0) throw new HttpError(400, 'E_INVALID_ARG', `timeoutMs must be a number >= 0, got ${JSON.stringify(t)}`)
-        callOpts.timeoutMs = n
-      }
-      const target = url.searchParams.get('target')
-      if (target !== null) callOpts.target = target
-      // A JSON content type: a cross-site page cannot send one without a CORS preflight.
-      const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
-      if (!cfg.allowAnyContentType && type !== 'application/json')
-        throw new HttpError(415, 'E_UNSUPPORTED_MEDIA_TYPE', `the body must be a JSON envelope sent as "Content-Type: application/json", got ${JSON.stringify(req.headers['content-type'] ?? null)} (--allow-any-content-type accepts any)`, CLOSE)
-      const body = await readBody(req, ctx)
-      // A client that disconnects cancels its job (E_CANCELLED in the engine).
-      const abort = new AbortController()
-      res.on('close', () => {
-        if (!res.writableFinished) abort.abort()
-      })
-      callOpts.signal = abort.signal
-      // The raw bytes go to the engine, which decodes and limits them.
-      const result = await engine.submit(new Uint8Array(body.buffer, body.byteOffset, body.length), callOpts)
-      return send(res, 200, wireResult(result))
-    }
-    if (url.pathname === '/api/v1/search') {
-      // A vector_search payload as the body: { index, k?, namespace?, vector | vectors | text | texts }.
-      if (req.method !== 'POST') throw new HttpError(405, 'E_INVALID_ARG', 'use POST /api/v1/search with a JSON vector_search payload', { allow: 'POST' })
-      const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
-      if (!cfg.allowAnyContentType && type !== 'application/json')
-        throw new HttpError(415, 'E_UNSUPPORTED_MEDIA_TYPE', `the body must be JSON sent as "Content-Type: application/json", got ${JSON.stringify(req.headers['content-type'] ?? null)}`, CLOSE)
-      const body = await readBody(req, ctx)
-      const abort = new AbortController()
-      res.on('close', () => {
-        if (!res.writableFinished) abort.abort()
-      })
-      // The body stays bytes: the engine parses (and limits) the envelope around it.
-      const envelope = Buffer.concat([Buffer.from('{"type":"vector_search","payload":'), body, Buffer.from('}')])
-      const result = await engine.submit(new Uint8Array(envelope.buffer, envelope.byteOffset, envelope.length), { signal: abort.signal })
-      return send(res, 200, result.result)
-    }
-    throw new HttpError(404, 'E_INVALID_ARG', `no route ${req.method} ${url.pathname} (routes: GET /livez, GET /api/v1/health, POST /api/v1/submit, POST /api/v1/search)`)
   }
 
   function send(res, status, body, headers = {}) {
+    return sendText(res, status, JSON.stringify(body), headers)
+  }
+
+  function sendText(res, status, text, headers = {}) {
     if (res.headersSent || res.destroyed) return
-    const text = JSON.stringify(body)
+    const bytes = Buffer.byteLength(text)
+    res.req[CTX].bytes = bytes
     res.writeHead(status, {
       'content-type': 'application/json; charset=utf-8',
-      'content-length': Buffer.byteLength(text),
+      'content-length': bytes,
       ...(stopping ? CLOSE : {}),
       ...headers,
     })
     res.end(text)
   }
 
-  function sendError(res, ctx, status, code, message, headers) {
+  function sendError(res, ctx, status, code, message, headers, param) {
     ctx.code = code
     if (status >= 500) ctx.message = message
-    send(res, status, { ok: false, error: { code, message } }, headers)
+    send(res, status, errorBody(ctx.shape, status, code, message, param), headers)
   }
 
   const server = http.createServer(
@@ -402,8 +508,9 @@ export async function startService(config) {
       connectionsCheckingInterval: Math.min(1000, Math.max(20, Math.floor(cfg.headersTimeoutMs / 4))),
     },
     (req, res) => {
-      const ctx = { t0: performance.now(), method: req.method, path: req.url.slice(0, 200), code: null, reserved: 0 }
+      const ctx = { t0: performance.now(), method: req.method, path: req.url.slice(0, 200), route: null, shape: 'legacy', code: null, reserved: 0, bytes: 0 }
       req[CTX] = ctx
+      httpMetrics.started()
       res.once('close', () => {
         buffered -= ctx.reserved
         released += ctx.reserved
@@ -414,11 +521,13 @@ export async function startService(config) {
             released = 0
             collectGarbage()
           }, 1000).unref()
-        const line = { method: ctx.method, path: ctx.path, status: res.statusCode, ms: +(performance.now() - ctx.t0).toFixed(3), code: ctx.code }
+        const ms = performance.now() - ctx.t0
+        const line = { method: ctx.method, path: ctx.path, route: ctx.route, status: res.statusCode, ms: +ms.toFixed(3), bytes: ctx.bytes, code: ctx.code }
         if (!res.writableFinished) {
           const when = req.complete ? 'before the reply' : 'while sending the request'
           Object.assign(line, { status: 499, code: 'E_CANCELLED', aborted: true, message: `the client closed the connection ${when}` })
         } else if (ctx.message) line.message = ctx.message
+        httpMetrics.finished(ctx.route, line.status, ms / 1000)
         accessLog(line)
       })
       handle(req, res, ctx).catch((err) => {
@@ -432,7 +541,7 @@ export async function startService(config) {
         // A body left unread is not drained for keep-alive: the connection closes after the reply.
         const headers = req.complete ? err?.headers : { ...err?.headers, ...CLOSE }
         if (!req.complete) lingerAndClose(req, res)
-        sendError(res, ctx, status, code, String(err?.message ?? err), headers)
+        sendError(res, ctx, status, code, String(err?.message ?? err), headers, err?.param)
       })
     },
   )
@@ -479,13 +588,8 @@ export async function startService(config) {
     await closed
     clearTimeout(force)
     const drainMs = Math.max(0, deadlineMs - (Date.now() - t0))
-    try {
-      await engine.close({ drainMs })
-    } catch (e) {
-      // REMOVE once every build has close({ drainMs }): an older addon rejects the argument.
-      if (e?.code !== 'E_INVALID_ARG') throw e
-      await engine.close()
-    }
+    engineClosed = true
+    await engine.close({ drainMs })
   }
   return { server, engine, close, address: server.address(), config: cfg }
 }
