@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# JS tooling (@napi-rs/cli, typescript, the gRPC test client) from the lock file.
-if [ ! -x node_modules/.bin/napi ] || [ ! -x node_modules/.bin/tsc ] || [ ! -d node_modules/@grpc/grpc-js ] || [ ! -d node_modules/@grpc/proto-loader ]; then
+# JS tooling (@napi-rs/cli, typescript, the gRPC test client, the openai client and the
+# Prometheus parser the service tests use) from the lock file.
+if [ ! -x node_modules/.bin/napi ] || [ ! -x node_modules/.bin/tsc ] || [ ! -d node_modules/@grpc/grpc-js ] || [ ! -d node_modules/@grpc/proto-loader ] \
+  || [ ! -d node_modules/openai ] || [ ! -d node_modules/parse-prometheus-text-format ]; then
   npm ci --no-audit --no-fund
 fi
 
