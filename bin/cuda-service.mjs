@@ -458,7 +458,7 @@ export async function startService(config) {
     }
     const route = findRoute(url.pathname)
     ctx.route = route ? (route.route?.(url.pathname) ?? route.path) : null
-    if (route && !route.open && tokenDigest) {
+    if (!route?.open && tokenDigest) {
       const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(req.headers.authorization ?? '')
       if (!m) throw new HttpError(401, 'E_UNAUTHORIZED', 'this service needs "Authorization: Bearer <token>"', { 'www-authenticate': 'Bearer realm="cuda-service"' })
       if (!crypto.timingSafeEqual(digest(m[1]), tokenDigest))
