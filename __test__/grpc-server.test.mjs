@@ -401,7 +401,7 @@ test('VectorSearch / VectorSearchStream over an index loaded with --index NAME=P
   }
 })
 
-test('gzip: compressed requests are accepted and answers come compressed when asked', async () => {
+test('gzip: compressed requests are accepted (answers are not compressed unless --grpc-gzip-responses)', async () => {
   const gz = clients(server.addr, grpc.credentials.createInsecure(), { 'grpc.default_compression_algorithm': 2 })
   try {
     const payload = 'abc'.repeat(100_000)

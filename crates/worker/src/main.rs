@@ -56,6 +56,8 @@ gRPC server (docs/grpc.md \"Server\"):
                                  printed on stderr as `grpc listening on HOST:PORT`) until SIGTERM/SIGINT
   --grpc-max-message-bytes N     largest message received or sent (default: maxEnvelopeBytes)
   --grpc-stream-concurrency N    requests of one stream run at once (default 64)
+  --grpc-gzip-responses          gzip answers for clients that accept gzip (default: requests
+                                 may be gzipped, answers are not: embeddings do not compress)
   --drain-ms N                   on SIGTERM/SIGINT, wait up to N ms for calls in flight (default 10000)
   --tls-cert PEM --tls-key PEM   serve TLS with this certificate chain and private key
   --index NAME=PATH              load a vector index file as NAME (repeatable)
@@ -99,6 +101,10 @@ fn main() -> ExitCode {
             }
             "--grpc-stream-concurrency" => {
                 value(&mut args, &a).and_then(|v| positive(&a, &v)).map(|n| grpc.stream_concurrency = n.min(4096))
+            }
+            "--grpc-gzip-responses" => {
+                grpc.gzip_responses = true;
+                Ok(())
             }
             "--drain-ms" => value(&mut args, &a)
                 .and_then(|v| v.parse::<u64>().map_err(|_| format!("--drain-ms needs milliseconds, got {v:?}")))

@@ -53,7 +53,8 @@ pub struct ShimConfig {
     pub job_target: String,
     /// The largest request line or frame read from stdin.
     pub max_message_bytes: usize,
-    /// gzip the requests (the server's answers come gzipped too).
+    /// gzip the requests (answers come gzipped only from a server run with
+    /// `--grpc-gzip-responses`).
     pub gzip: bool,
 }
 
