@@ -9,7 +9,7 @@
 // (POST /api/v1/submit), and Python tritonclient (ModelInfer; when
 // .venv-grpc exists, scripts/python-grpc-env.sh).
 //
-//   node bench/grpc/embed.mjs [--model DIR] [--device cpu|cuda] [--single N] [--batches N] [--json FILE]
+//   node bench/grpc/embed.mjs [--model DIR] [--device cpu|cuda] [--single N] [--batches N] [--json FILE] [--server-args A,B]
 import { spawn, spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
@@ -29,6 +29,9 @@ const singleN = Number(opt('--single', 1000))
 const batchesN = Number(opt('--batches', device === 'cpu' ? 3 : 20))
 const jsonOut = opt('--json')
 const workerBin = opt('--worker', path.join(root, 'target/release/cuda-worker'))
+// Extra server flags, comma-separated (e.g. --server-args --grpc-gzip-responses
+// to measure compressed answers against the default in the same machine run).
+const serverArgs = (opt('--server-args', '') || '').split(',').filter(Boolean)
 
 const { Engine } = require(path.join(root, 'index.js'))
 const grpc = require('@grpc/grpc-js')
@@ -81,7 +84,7 @@ const unary = (client, method, req, deadlineMs = 600_000) =>
 function startServer() {
   const proc = spawn(
     workerBin,
-    ['--grpc', '127.0.0.1:0', '--grpc-max-message-bytes', String(128 << 20),
+    ['--grpc', '127.0.0.1:0', '--grpc-max-message-bytes', String(128 << 20), ...serverArgs,
       '--options', JSON.stringify({ model, device, maxEnvelopeBytes: 128 << 20, maxTextsPerCall: 100000 })],
     { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CUDA_WORKER_PATH: '' } },
   )
