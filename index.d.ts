@@ -313,8 +313,65 @@ export interface ErrorCodeInfo {
 export declare function embed(text: string, options?: EmbedOptions): Promise<Float32Array>
 export declare function embed(texts: string[], options?: EmbedOptions): Promise<Float32Array[]>
 
-/** `embed` and `search` as overloads (merged into the generated `class Engine`). */
+/** `metrics()` options. Unknown keys throw `E_INVALID_ARG` naming the key. */
+export interface MetricsOptions {
+  /** `'prometheus'` (default): the text exposition format 0.0.4; `'json'`: a {@link MetricsReport}. */
+  format?: 'prometheus' | 'json'
+}
+
+/** A histogram's cumulative buckets (finite bounds; the `+Inf` bucket is `count`). */
+export interface MetricsBucket {
+  le: number
+  count: number
+}
+
+export interface MetricsHistogram {
+  count: number
+  sum: number
+  buckets: MetricsBucket[]
+}
+
+/** `metrics({ format: 'json' })`: the numbers of the Prometheus text (docs/metrics.md). */
+export interface MetricsReport {
+  info: { version: string; backend: 'cpu' | 'cuda' | 'process'; model: string | null }
+  /** `cuda_engine_requests_total{type}`: finished calls by call type (`embed`, `infer`, `search`) or job type (`echo`, `embedding`, …; `unknown`: not decoded). */
+  requests: Array<{ type: string; count: number }>
+  /** `cuda_engine_errors_total{type,code}`. */
+  errors: Array<{ type: string; code: ErrorCode; count: number }>
+  /** `cuda_engine_request_duration_seconds{type,backend}`. */
+  latency: Array<{
+    type: string
+    backend: 'cpu' | 'cuda' | 'worker' | 'remote' | 'process'
+    count: number
+    sum_seconds: number
+    buckets: MetricsBucket[]
+  }>
+  /** `cuda_engine_queue_depth`, `cuda_engine_in_flight`. */
+  queue: { depth: number; in_flight: number }
+  /** `cuda_engine_batch_size`, `cuda_engine_batch_tokens`: sequences and tokens per forward pass. */
+  batches: { size: MetricsHistogram; tokens: MetricsHistogram }
+  /** `cuda_engine_model_passes_total{backend}`. */
+  passes: Array<{ backend: 'cpu' | 'cuda'; count: number }>
+  /** `cuda_engine_gpu_memory_bytes{device}` (empty on the CPU). */
+  gpu_memory_bytes: Array<{ device: string; bytes: number }>
+  /** `cuda_engine_worker_restarts_total`, `cuda_engine_worker_in_flight`. */
+  worker: { restarts: number; in_flight: number }
+  /** `cuda_engine_index_vectors{index}`, `cuda_engine_index_bytes{index}`. */
+  indexes: Array<{ name: string; vectors: number; bytes: number }>
+}
+
+/** The default engine's metrics (docs/metrics.md): Prometheus text, or an object. Synchronous. */
+export declare function metrics(options?: MetricsOptions & { format?: 'prometheus' }): string
+export declare function metrics(options: MetricsOptions & { format: 'json' }): MetricsReport
+
+/** `embed`, `search` and `metrics` as overloads (merged into the generated `class Engine`). */
 export interface Engine {
+  /** This engine's metrics as Prometheus text exposition format 0.0.4 (docs/metrics.md). Synchronous; a closed engine reports its final counts. */
+  metrics(options?: MetricsOptions & { format?: 'prometheus' }): string
+  /** This engine's metrics as an object. */
+  metrics(options: MetricsOptions & { format: 'json' }): MetricsReport
+  /** Either, as `options.format` says. */
+  metrics(options?: MetricsOptions): string | MetricsReport
   /** Embed one text with this engine's model. */
   embed(text: string, options?: EmbedOptions): Promise<Float32Array>
   /** Embed many texts, in order. */
@@ -603,6 +660,14 @@ export declare function health(): Promise<Health>
  * on the worker for other models (docs/infer.md). Outputs are typed arrays.
  */
 export declare function infer(request: InferRequest, options?: CallOptions): Promise<InferResponse>
+
+/**
+ * The default engine's metrics (docs/metrics.md): Prometheus text
+ * exposition format 0.0.4, or with `{ format: 'json' }` the same numbers as
+ * an object. Synchronous. Before the default engine opened (no module-level
+ * call yet), every count is 0.
+ */
+export declare function metrics(options?: MetricsOptions): string | MetricsReport
 
 /** Metadata of the models served locally, in the protocol's shape. */
 export declare function models(): Promise<ModelMetadata[]>

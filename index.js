@@ -844,6 +844,7 @@ module.exports.fetchModel = nativeBinding.fetchModel
 module.exports.findCudaWorkerPath = nativeBinding.findCudaWorkerPath
 module.exports.health = nativeBinding.health
 module.exports.infer = nativeBinding.infer
+module.exports.metrics = nativeBinding.metrics
 module.exports.models = nativeBinding.models
 module.exports.optionNames = nativeBinding.optionNames
 module.exports.submit = nativeBinding.submit

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::convert::{call_options, json_to_js, JsVal, JsonWalker, ParsedCall, TypedView, MAX_ARRAY_ELEMENTS};
 use crate::task::spawn_job;
 use crate::{Engine, EngineRef};
+use cuda_engine_core::metrics::CallType;
 use cuda_engine_core::options::CALL_OPTIONS;
 
 /// Nesting accepted in a plain `data` array ([batch, seq, hidden] is 3).
@@ -345,7 +346,16 @@ pub fn infer_impl<'e>(
     let parsed = call_options(options.map(|o| JsVal::new(raw_env, o.value().value)), CALL_OPTIONS);
     let mut walker = JsonWalker::new(&engine.limits());
     let request = infer_request(JsVal::new(raw_env, request.value().value), &mut walker);
-    spawn_job(env, parsed, move |call| async move { engine.get().await?.infer(request?, call).await }, response_to_js)
+    spawn_job(
+        env,
+        parsed,
+        move |call| async move {
+            let engine = engine.get().await?;
+            let request = crate::counted(&engine, CallType::Infer, &call, request)?;
+            engine.infer(request, call).await
+        },
+        response_to_js,
+    )
 }
 
 pub fn models_impl(env: &Env, engine: EngineRef) -> napi::Result<PromiseRaw<'_, Unknown<'_>>> {

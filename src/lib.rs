@@ -14,13 +14,16 @@ use std::sync::Arc;
 use cuda_engine_core::discovery::{self, DiscoveryEnv};
 use cuda_engine_core::engine::{Engine as CoreEngine, EngineConfig};
 use cuda_engine_core::envelope::{json_kind, Limits};
+use cuda_engine_core::metrics::{self, CallType, MetricsReport};
 use cuda_engine_core::options::{self, EngineOptions, RemoteOptions, WorkerOptions};
 use cuda_engine_core::CoreError;
 use napi::bindgen_prelude::*;
 use napi_derive::napi;
 use tokio::sync::OnceCell;
 
-use crate::convert::{call_options, envelope_input, job_result_to_js, json_to_js, options_json, JsVal, ParsedCall};
+use crate::convert::{
+    call_options, envelope_input, job_result_to_js, json_to_js, options_json, options_object, JsVal, ParsedCall,
+};
 use crate::error::to_napi;
 use crate::task::spawn_job;
 
@@ -113,8 +116,9 @@ fn submit_impl<'e>(
         env,
         parsed,
         move |call| async move {
-            let input = input?.finish()?;
-            engine.get().await?.submit(input, call).await
+            let engine = engine.get().await?;
+            let input = counted(&engine, CallType::Unknown, &call, input.and_then(|i| i.finish()))?;
+            engine.submit(input, call).await
         },
         job_result_to_js,
     )
@@ -139,9 +143,63 @@ fn embed_impl<'e>(
         env,
         parsed,
         // The texts are split into strings here, on the runtime.
-        move |call| async move { engine.get().await?.embed(request?.into_input()?.texts, opts, call).await },
+        move |call| async move {
+            let engine = engine.get().await?;
+            let input = counted(&engine, CallType::Embed, &call, request.and_then(|r| r.into_input()))?;
+            engine.embed(input.texts, opts, call).await
+        },
         move |env, vectors| embed::vectors_to_js(env, vectors, single),
     )
+}
+
+/// `r`, its error first counted as a call of `call` that failed before it
+/// reached the engine (argument conversion), so that the engine's
+/// `requests_total` counts every call.
+pub(crate) fn counted<T>(
+    engine: &CoreEngine,
+    call: CallType<'_>,
+    opts: &cuda_engine_core::engine::CallOptions,
+    r: std::result::Result<T, CoreError>,
+) -> std::result::Result<T, CoreError> {
+    if let Err(e) = &r {
+        engine.record_rejected(call, opts.issued, e.code);
+    }
+    r
+}
+
+/// Read `metrics()`'s options: true for `format: 'json'`. Unknown keys and
+/// other formats are `E_INVALID_ARG` naming the key.
+fn metrics_json(v: Option<JsVal>) -> std::result::Result<bool, CoreError> {
+    let Some(v) = options_object(v, options::METRICS_OPTIONS)? else { return Ok(false) };
+    let format = v.get(c"format")?;
+    if format.is_nullish()? {
+        return Ok(false);
+    }
+    let s = if format.type_of()? == napi::sys::ValueType::napi_string { Some(format.string()?) } else { None };
+    match s.as_deref() {
+        Some("prometheus") => Ok(false),
+        Some("json") => Ok(true),
+        _ => Err(cuda_engine_core::err!(
+            InvalidArg,
+            "`options.format` must be 'prometheus' or 'json', got {}",
+            s.as_deref().map_or(format.kind_name().to_string(), |s| format!("{s:?}"))
+        )),
+    }
+}
+
+/// The metrics report as Prometheus text or, with `format: 'json'`, an object.
+fn metrics_impl<'e>(
+    env: &'e Env,
+    options: Option<Unknown<'e>>,
+    report: impl FnOnce() -> MetricsReport,
+) -> Result<Unknown<'e>> {
+    let json = metrics_json(options.map(|o| JsVal::new(env.raw(), o.value().value))).map_err(|e| to_napi(env, e))?;
+    let report = report();
+    if json {
+        json_to_js(env, &report.to_json())
+    } else {
+        report.to_prometheus().into_unknown(env)
+    }
 }
 
 fn health_impl<'e>(env: &'e Env, engine: EngineRef) -> Result<PromiseRaw<'e, Unknown<'e>>> {
@@ -267,6 +325,18 @@ pub fn health(env: &Env) -> Result<PromiseRaw<'_, Unknown<'_>>> {
     health_impl(env, EngineRef::Default)
 }
 
+/// The default engine's metrics (docs/metrics.md): Prometheus text
+/// exposition format 0.0.4, or with `{ format: 'json' }` the same numbers as
+/// an object. Synchronous. Before the default engine opened (no module-level
+/// call yet), every count is 0.
+#[napi(catch_unwind, ts_args_type = "options?: MetricsOptions", ts_return_type = "string | MetricsReport")]
+pub fn metrics<'e>(env: &'e Env, options: Option<Unknown<'e>>) -> Result<Unknown<'e>> {
+    metrics_impl(env, options, || match DEFAULT_ENGINE.get() {
+        Some(e) => e.metrics(),
+        None => metrics::unopened_report(),
+    })
+}
+
 /// An engine with its own options (model, device, worker, limits).
 /// The module-level functions use a default engine opened from the environment.
 #[napi]
@@ -320,6 +390,14 @@ impl Engine {
     #[napi(catch_unwind, ts_return_type = "Promise<Health>")]
     pub fn health<'e>(&self, env: &'e Env) -> Result<PromiseRaw<'e, Unknown<'e>>> {
         health_impl(env, EngineRef::Open(self.inner.clone()))
+    }
+
+    /// This engine's metrics: Prometheus text, or with `{ format: 'json' }`
+    /// an object (docs/metrics.md). Synchronous; a closed engine reports its
+    /// final counts.
+    #[napi(catch_unwind, skip_typescript)]
+    pub fn metrics<'e>(&self, env: &'e Env, options: Option<Unknown<'e>>) -> Result<Unknown<'e>> {
+        metrics_impl(env, options, || self.inner.metrics())
     }
 
     /// Stop admitting calls (new ones reject with `E_CLOSED`), wait up to

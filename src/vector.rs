@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use cuda_engine_core::metrics::CallType;
 use cuda_engine_core::options::{self, IndexOptions};
 use cuda_engine_core::vector::request::{SearchQuery, SearchRequest};
 use cuda_engine_core::vector::{
@@ -381,7 +382,10 @@ impl Engine {
         spawn_job(
             env,
             parsed,
-            move |call| async move { engine.search(request?.0, call).await },
+            move |call| async move {
+                let request = crate::counted(&engine, CallType::Search, &call, request)?;
+                engine.search(request.0, call).await
+            },
             move |env, hits| hits_to_js(env, hits, kind, single),
         )
     }

@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::{Backend, TokenBatch};
 use crate::err;
 use crate::error::{CoreError, Result};
+use crate::metrics::{PassMetrics, RunBackend};
 use crate::model::tokenizer::Encoded;
 
 /// Queue limits; see the module docs.
@@ -112,13 +113,25 @@ pub struct Batcher {
 impl Batcher {
     /// Start the actor thread. `max_seq_len` is the model's token limit per
     /// sequence (the token budget is raised to at least that).
-    pub fn start(backend: Arc<dyn Backend>, mut limits: BatcherLimits, max_seq_len: usize) -> Result<Batcher> {
+    pub fn start(backend: Arc<dyn Backend>, limits: BatcherLimits, max_seq_len: usize) -> Result<Batcher> {
+        Self::start_metered(backend, limits, max_seq_len, Arc::default())
+    }
+
+    /// [`Batcher::start`], recording every forward pass (sequences, tokens)
+    /// into `passes` (the engine's metrics).
+    pub fn start_metered(
+        backend: Arc<dyn Backend>,
+        mut limits: BatcherLimits,
+        max_seq_len: usize,
+        passes: Arc<PassMetrics>,
+    ) -> Result<Batcher> {
         limits.max_batch_tokens = limits.max_batch_tokens.max(max_seq_len).max(1);
         limits.max_batch_seqs = limits.max_batch_seqs.max(1);
         limits.max_queued_texts = limits.max_queued_texts.max(1);
         let (tx, rx) = mpsc::channel::<Request>();
         let counters = Arc::new(Counters { depth: AtomicUsize::new(0), in_flight: AtomicUsize::new(0) });
-        let actor = Actor { rx, backend, limits, counters: counters.clone(), queue: VecDeque::new() };
+        let kind = RunBackend::of_model(backend.name());
+        let actor = Actor { rx, backend, kind, limits, counters: counters.clone(), queue: VecDeque::new(), passes };
         std::thread::Builder::new()
             .name("cuda-engine-batcher".into())
             .spawn(move || actor.run())
@@ -200,6 +213,9 @@ struct Pending {
 struct Actor {
     rx: mpsc::Receiver<Request>,
     backend: Arc<dyn Backend>,
+    /// The backend's metrics label.
+    kind: RunBackend,
+    passes: Arc<PassMetrics>,
     limits: BatcherLimits,
     counters: Arc<Counters>,
     queue: VecDeque<Pending>,
@@ -274,6 +290,7 @@ impl Actor {
             return;
         }
         let n = owners.len();
+        self.passes.record_pass(self.kind, n, tokens);
         self.counters.depth.fetch_sub(n, Ordering::AcqRel);
         self.counters.in_flight.fetch_add(n, Ordering::AcqRel);
         let backend = &self.backend;

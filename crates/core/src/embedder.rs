@@ -22,6 +22,7 @@ use crate::batcher::{Batcher, BatcherLimits};
 use crate::device::DevicePreference;
 use crate::err;
 use crate::error::Result;
+use crate::metrics::PassMetrics;
 use crate::model::{model_name, resolve_model_dir, BertWeights, Encoded, ModelConfig, TextTokenizer};
 
 /// Options for [`Embedder::open`] (from `EngineOptions`, see `crate::options`).
@@ -125,6 +126,12 @@ impl Embedder {
     /// Resolve and load the model and start the CPU backend and the batcher.
     /// Blocking (reads ~90 MB of weights): call it from `spawn_blocking`.
     pub fn open(opts: EmbedderOptions) -> Result<Arc<Embedder>> {
+        Self::open_metered(opts, Arc::default())
+    }
+
+    /// [`Embedder::open`], its batcher recording every forward pass into
+    /// `passes` (the engine's metrics, which outlive the model).
+    pub fn open_metered(opts: EmbedderOptions, passes: Arc<PassMetrics>) -> Result<Arc<Embedder>> {
         let t0 = std::time::Instant::now();
         let dir = resolve_model_dir(opts.model_dir.as_deref())?;
         let config = ModelConfig::load(&dir)?;
@@ -133,7 +140,7 @@ impl Embedder {
         let files_ms = t0.elapsed().as_secs_f64() * 1e3;
         let (backend, note) = choose_backend(&weights, &config, &opts)?;
         drop(weights);
-        Self::assemble(dir, config, tokenizer, backend, &opts, note, files_ms)
+        Self::assemble(dir, config, tokenizer, backend, &opts, note, files_ms, passes)
     }
 
     /// Assemble an embedder around an already-built backend (how a CUDA
@@ -145,9 +152,10 @@ impl Embedder {
         backend: Arc<dyn Backend>,
         opts: &EmbedderOptions,
     ) -> Result<Arc<Embedder>> {
-        Self::assemble(dir, config, tokenizer, backend, opts, None, 0.0)
+        Self::assemble(dir, config, tokenizer, backend, opts, None, 0.0, Arc::default())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         dir: PathBuf,
         config: ModelConfig,
@@ -156,6 +164,7 @@ impl Embedder {
         opts: &EmbedderOptions,
         backend_note: Option<String>,
         files_ms: f64,
+        passes: Arc<PassMetrics>,
     ) -> Result<Arc<Embedder>> {
         let status = backend.status();
         let limits = BatcherLimits {
@@ -174,7 +183,7 @@ impl Embedder {
             dtype: status.dtype.to_string(),
             device: status.device,
         };
-        let batcher = Batcher::start(backend.clone(), limits, config.max_seq_length)?;
+        let batcher = Batcher::start_metered(backend.clone(), limits, config.max_seq_length, passes)?;
         Ok(Arc::new(Embedder {
             info,
             config,
@@ -207,6 +216,16 @@ impl Embedder {
     /// back to the CPU), for health's `errors`.
     pub fn backend_note(&self) -> Option<&str> {
         self.backend_note.as_deref()
+    }
+
+    /// `cpu` or `cuda` (without cloning [`ModelInfo`]).
+    pub fn backend_name(&self) -> &str {
+        &self.info.backend
+    }
+
+    /// The model's name (without cloning [`ModelInfo`]).
+    pub fn model_name(&self) -> &str {
+        &self.info.name
     }
 
     /// Name, dims, max tokens, pooling, normalization, backend.

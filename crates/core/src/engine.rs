@@ -3,7 +3,7 @@
 //! drive the engine through this type.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,10 @@ use crate::health::{Health, IndexHealth, QueueHealth, Status, WorkerStatus};
 use crate::infer::{self, InferRequest, InferResponse, ModelMetadata};
 use crate::isolation::{Isolated, IsolationHealth};
 use crate::jobs::{BackendKind, JobOutput, JobResult, JobType, Target, Timings};
+use crate::metrics::{
+    CallTimer, CallType, EngineInfo, Gauges, GpuMemory, IndexGauge, Metrics, MetricsReport, QueueGauge, RunBackend,
+    WorkerGauge,
+};
 pub use crate::options::{EngineConfig, Isolation, ModelLoading};
 use crate::vector::request::{results_to_json, SearchQuery, SearchRequest};
 use crate::vector::{GpuPlacement, IndexConfig, Placement, SearchHits, VectorIndex};
@@ -105,6 +109,11 @@ pub struct Engine {
     /// `EngineOptions.remote`: the remote Open Inference Protocol client
     /// (connects on first use).
     remote: Option<Arc<RemoteClient>>,
+    /// Calls, errors, latencies, passes (docs/metrics.md); kept after close.
+    metrics: Metrics,
+    /// The loaded model's [`RunBackend`] (`cpu` until one loads), so that
+    /// labelling a call never takes the embedder lock.
+    local_kind: AtomicU8,
 }
 
 /// Most named indexes on one engine.
@@ -180,9 +189,12 @@ impl Engine {
             isolated,
             indexes: Mutex::new(Default::default()),
             remote,
+            metrics: Metrics::new(),
+            local_kind: AtomicU8::new(RunBackend::Cpu as u8),
         };
         if load_now {
-            let embedder = Embedder::open(engine.config.embedder.clone())?;
+            let embedder = Embedder::open_metered(engine.config.embedder.clone(), engine.metrics.passes().clone())?;
+            engine.set_local_kind(&embedder);
             *lock(&engine.embedder) = Some(embedder);
         }
         Ok(Arc::new(engine))
@@ -204,13 +216,87 @@ impl Engine {
             return Err(CoreError::internal("isolation: 'process' loads the model in the isolated process, not here"));
         }
         let opts = self.config.embedder.clone();
-        let loaded = tokio::task::spawn_blocking(move || Embedder::open(opts))
+        let passes = self.metrics.passes().clone();
+        let loaded = tokio::task::spawn_blocking(move || Embedder::open_metered(opts, passes))
             .await
             .map_err(|e| CoreError::internal(format!("model loading task failed: {e}")))?;
         *lock(&self.model_error) = loaded.as_ref().err().map(|e| e.clone_flat().to_string());
         let embedder = loaded?;
+        self.set_local_kind(&embedder);
         *lock(&self.embedder) = Some(embedder.clone());
         Ok(embedder)
+    }
+
+    fn set_local_kind(&self, embedder: &Embedder) {
+        self.local_kind.store(RunBackend::of_model(embedder.backend_name()) as u8, Ordering::Relaxed);
+    }
+
+    /// What runs this engine's model: the isolated process, else the
+    /// loaded model's backend (`cpu` before one loads). The `backend` label
+    /// of calls that failed before routing.
+    fn default_backend(&self) -> RunBackend {
+        if self.isolated.is_some() {
+            return RunBackend::Process;
+        }
+        match self.local_kind.load(Ordering::Relaxed) {
+            1 => RunBackend::Cuda,
+            _ => RunBackend::Cpu,
+        }
+    }
+
+    /// The metrics report: counters and histograms so far, gauges now
+    /// (docs/metrics.md). Cheap (atomic loads and short locks): safe on the
+    /// JS thread. A closed engine reports its final counts.
+    pub fn metrics(&self) -> MetricsReport {
+        let embedder = lock(&self.embedder).clone();
+        let status = embedder.as_ref().map(|e| e.backend_status());
+        let isolated_depth = self
+            .isolated
+            .as_ref()
+            .and_then(|iso| iso.health().health.as_ref().and_then(|r| r["queue"]["depth"].as_u64()));
+        let depth = match (&embedder, isolated_depth) {
+            (_, Some(d)) => d,
+            (Some(e), None) => e.queue_stats().depth as u64,
+            (None, None) => 0,
+        };
+        let gpu_memory_bytes = status
+            .iter()
+            .filter(|s| s.backend == "cuda")
+            .map(|s| GpuMemory { device: s.device.unwrap_or(0).to_string(), bytes: s.memory_bytes })
+            .collect();
+        let worker = self
+            .worker
+            .get()
+            .map(|w| w.health())
+            .map_or(WorkerGauge::default(), |h| WorkerGauge { restarts: h.restarts, in_flight: h.in_flight as u64 });
+        let named: Vec<(String, Arc<VectorIndex>)> =
+            lock(&self.indexes).iter().map(|(n, i)| (n.clone(), i.clone())).collect();
+        let indexes = named
+            .into_iter()
+            .filter_map(|(name, index)| {
+                index.info().ok().map(|info| IndexGauge { name, vectors: info.count as u64, bytes: info.bytes })
+            })
+            .collect();
+        let gauges = Gauges {
+            info: EngineInfo {
+                version: crate::VERSION.to_string(),
+                backend: self.default_backend().as_str(),
+                model: embedder.as_ref().map(|e| e.model_name().to_string()),
+            },
+            queue: QueueGauge { depth, in_flight: self.admitted.load(Ordering::Acquire) as u64 },
+            gpu_memory_bytes,
+            worker,
+            indexes,
+        };
+        self.metrics.report(gauges)
+    }
+
+    /// Count a call that failed before it reached the engine (the binding's
+    /// argument conversion: a bad envelope is type `unknown`), so that
+    /// `requests_total` counts every call.
+    pub fn record_rejected(&self, call: CallType<'_>, issued: Option<Instant>, code: ErrorCode) {
+        let elapsed = issued.map_or(Duration::ZERO, |t| t.elapsed());
+        self.metrics.record(call, self.default_backend(), elapsed, Some(code));
     }
 
     /// Whether this engine has a local model for `target: 'auto'` (docs/grpc.md
@@ -263,6 +349,19 @@ impl Engine {
 
     /// Embed texts with the engine's model: admission, timeout, AbortSignal.
     pub async fn embed(&self, texts: Vec<String>, opts: EmbedOptions, call: CallOptions) -> Result<Vec<Vec<f32>>> {
+        let mut timer = self.metrics.start(CallType::Embed, self.default_backend(), call.issued);
+        let r = self.embed_routed(texts, opts, call, &mut timer).await;
+        timer.finish(r.as_ref().err().map(|e| e.code));
+        r
+    }
+
+    async fn embed_routed(
+        &self,
+        texts: Vec<String>,
+        opts: EmbedOptions,
+        call: CallOptions,
+        timer: &mut CallTimer<'_>,
+    ) -> Result<Vec<Vec<f32>>> {
         let _slot = self.admit()?;
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
@@ -271,6 +370,7 @@ impl Engine {
         if let Some(remote) = self.remote_for(call.target)? {
             // The client enforces the deadline (min of the call's and
             // remote.timeoutMs); the guard keeps the AbortSignal and close.
+            timer.set_backend(RunBackend::Remote);
             let untimed = CallOptions { timeout: None, ..call.clone() };
             let (normalize, truncate) = (opts.normalize, opts.truncate);
             return self.guard(remote.embed(texts, normalize, truncate, call.timeout, cancel), &untimed).await;
@@ -279,10 +379,14 @@ impl Engine {
             // The isolated process's supervisor enforces the timeout (and
             // kills a process that went silent); the guard keeps the
             // AbortSignal and close's cancellation.
+            timer.set_backend(RunBackend::Process);
             let untimed = CallOptions { timeout: None, ..call.clone() };
             return self.guard(iso.embed(texts, opts, call.timeout, cancel), &untimed).await;
         }
-        self.guard(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call).await
+        let r = self.guard(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call).await;
+        // The model may have loaded during the call.
+        timer.set_backend(self.default_backend());
+        r
     }
 
     /// Create a named vector index on this engine. `device: 'auto'` puts it
@@ -396,6 +500,18 @@ impl Engine {
     /// engine's model first (the vectors never pass through JS).
     /// Admission, timeout and AbortSignal as for `embed`.
     pub async fn search(&self, req: SearchRequest, call: CallOptions) -> Result<Vec<SearchHits>> {
+        let backend = match self.index(&req.index).map(|i| i.placement()) {
+            Some(Placement::Cpu) => RunBackend::Cpu,
+            Some(_) => RunBackend::Cuda,
+            None => self.default_backend(),
+        };
+        let timer = self.metrics.start(CallType::Search, backend, call.issued);
+        let r = self.search_admitted(req, call).await;
+        timer.finish(r.as_ref().err().map(|e| e.code));
+        r
+    }
+
+    async fn search_admitted(&self, req: SearchRequest, call: CallOptions) -> Result<Vec<SearchHits>> {
         let _slot = self.admit()?;
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
@@ -475,6 +591,18 @@ impl Engine {
     /// Decode an envelope and run its job, honouring the call's timeout,
     /// AbortSignal and target.
     pub async fn submit(&self, input: EnvelopeInput, call: CallOptions) -> Result<JobResult> {
+        let mut timer = self.metrics.start(CallType::Unknown, self.default_backend(), call.issued);
+        let r = self.submit_routed(input, call, &mut timer).await;
+        timer.finish(r.as_ref().err().map(|e| e.code));
+        r
+    }
+
+    async fn submit_routed(
+        &self,
+        input: EnvelopeInput,
+        call: CallOptions,
+        timer: &mut CallTimer<'_>,
+    ) -> Result<JobResult> {
         let _slot = self.admit()?;
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
@@ -484,8 +612,21 @@ impl Engine {
         let envelope = self.guard(self.decode(input), &call).await?;
         let decode_ms = ms(start.elapsed());
         let job = JobType::parse(&envelope.job_type);
-        let mut result = match self.route(&job, &envelope.payload, call.target).await? {
-            Route::Local => self.guard(self.run_local(job, envelope, &call), &call).await?,
+        timer.set_type(CallType::Job(&job));
+        let route = self.route(&job, &envelope.payload, call.target).await?;
+        timer.set_backend(match &route {
+            Route::Local => self.default_backend(),
+            Route::Worker(_) => RunBackend::Worker,
+            Route::Isolated => RunBackend::Process,
+            Route::Remote(_) => RunBackend::Remote,
+        });
+        let mut result = match route {
+            Route::Local => {
+                let local = self.guard(self.run_local(job, envelope, &call), &call).await?;
+                // What ran it: echo on the CPU, an index on its device.
+                timer.set_backend(local.backend.into());
+                local
+            }
             Route::Worker(worker) => {
                 // The worker enforces the timeout itself (E_WORKER_TIMEOUT)
                 // and kills its process group; give it what is left.
@@ -667,6 +808,18 @@ impl Engine {
     /// the worker when one is configured and `call.target` allows it, else
     /// `E_UNKNOWN_MODEL`. Admission, timeout and AbortSignal as for `embed`.
     pub async fn infer(&self, req: InferRequest, call: CallOptions) -> Result<InferResponse> {
+        let mut timer = self.metrics.start(CallType::Infer, self.default_backend(), call.issued);
+        let r = self.infer_routed(req, call, &mut timer).await;
+        timer.finish(r.as_ref().err().map(|e| e.code));
+        r
+    }
+
+    async fn infer_routed(
+        &self,
+        req: InferRequest,
+        call: CallOptions,
+        timer: &mut CallTimer<'_>,
+    ) -> Result<InferResponse> {
         let _slot = self.admit()?;
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
@@ -677,6 +830,12 @@ impl Engine {
             (Some(_), Target::Auto | Target::Local) => Route::Isolated,
             _ => self.guard(self.route_inference(req.model_name.as_deref(), call.target), &call).await?,
         };
+        timer.set_backend(match &route {
+            Route::Local => self.default_backend(),
+            Route::Worker(_) => RunBackend::Worker,
+            Route::Isolated => RunBackend::Process,
+            Route::Remote(_) => RunBackend::Remote,
+        });
         match route {
             Route::Local => {
                 // The deadline counts from the call, not from here (routing

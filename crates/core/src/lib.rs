@@ -11,7 +11,8 @@
 //!   protobuf tensors, and the remote client of `EngineOptions.remote`);
 //! - `batcher` and `backend` (CPU, CUDA) below them;
 //! - leaves: `model` (files: config, weights, tokenizer, resolution),
-//!   `envelope`, `jobs`, `device`, `discovery`, `error`.
+//!   `envelope`, `jobs`, `device`, `discovery`, `error`, `metrics` (counters
+//!   and histograms: the engine and the batcher record, docs/metrics.md).
 
 pub mod error;
 
@@ -28,6 +29,7 @@ pub mod infer;
 pub mod isolation;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod options;
 pub mod vector;

@@ -225,6 +225,8 @@ pub const CALL_OPTIONS: &[&str] = &["signal", "timeoutMs", "target"];
 pub const EMBED_OPTIONS: &[&str] = &["signal", "timeoutMs", "target", "normalize", "truncate"];
 /// `engine.close(options)` keys.
 pub const CLOSE_OPTIONS: &[&str] = &["drainMs"];
+/// `engine.metrics(options)` keys: `format` ('prometheus' | 'json').
+pub const METRICS_OPTIONS: &[&str] = &["format"];
 /// `fetchModel(name, options)` keys (model::hub): `dir` (the Hugging Face
 /// cache root), `endpoint` (the hub), `revision` (branch, tag or commit).
 pub const FETCH_MODEL_OPTIONS: &[&str] = &["dir", "endpoint", "revision"];
