@@ -58,8 +58,14 @@ const outcomes: JobOutcome[] = await Promise.all(jobs.map((job) => orch.run(job)
 for (const o of outcomes) print(o)
 
 // The drain: a job is in flight when SIGTERM arrives; it finishes, a job
-// submitted after it is refused with E_CLOSED.
-const inFlight = orch.run({ id: 'during-drain', type: 'embed', texts: Array.from({ length: 32 }, (_, i) => `drain ${i}`) })
+// submitted after it is refused with E_CLOSED (a queue would hand it back).
+let settled = false
+const inFlight = orch
+  .run({ id: 'during-drain', type: 'embed', texts: Array.from({ length: 64 }, (_, i) => `drain ${i} `.repeat(8)) })
+  .finally(() => (settled = true))
+// Signal once the engine counts the job as in flight: a call made in the same
+// tick as close() may not be admitted yet, and then fails with E_CLOSED.
+while (!settled && (await orch.health()).queue.in_flight === 0) await new Promise((r) => setTimeout(r, 1))
 process.kill(process.pid, 'SIGTERM')
 await sigtermSeen
 const late = await orch.run({ id: 'after-sigterm', type: 'echo', payload: { too: 'late' } })
