@@ -21,6 +21,19 @@ $tsc --strict --noEmit --target es2022 --module nodenext --lib es2022,dom \
 echo "check-ts: tsc --strict --noEmit -p examples"
 $tsc --strict --noEmit -p examples
 
+# examples/orchestrator against this repository's index.d.ts (its own install,
+# from the npm tarballs, is type-checked by scripts/test-examples.sh, as is
+# examples/sveltekit, which needs svelte-kit sync).
+echo "check-ts: tsc --strict --noEmit examples/orchestrator"
+otmp=$(mktemp -d)
+cat >"$otmp/tsconfig.json" <<JSON
+{ "extends": "$PWD/examples/orchestrator/tsconfig.json",
+  "compilerOptions": { "noEmit": true, "typeRoots": ["$PWD/examples/ts/node_modules/@types"], "paths": { "cuda-engine": ["$PWD/index.d.ts"] } },
+  "include": ["$PWD/examples/orchestrator/src/**/*.ts"] }
+JSON
+$tsc --strict -p "$otmp/tsconfig.json" || { rm -rf "$otmp"; exit 1; }
+rm -rf "$otmp"
+
 # Negative check. examples/ts/checks/option-typos.ts has a `// @ts-expect-error
 # KEY: ...` line above each misspelled option, so the run above passing means
 # each of those lines is an error. Strip the directives and make sure that tsc

@@ -36,3 +36,4 @@ if [ -f scripts/test-go.sh ]; then
 fi
 node --test __test__/
 ARTIFACTS_SKIP_BUILD=1 bash scripts/test-registry.sh # the published packages installed from a local registry, no Rust on PATH
+ARTIFACTS_SKIP_BUILD=1 bash scripts/test-examples.sh # examples/ (SvelteKit app in headless Chromium, the orchestrator) installed from the tarballs: docs/examples.md
