@@ -49,9 +49,18 @@ async function start(): Promise<Ready> {
   if (env.CUDA_ENGINE_MODEL) options.model = env.CUDA_ENGINE_MODEL
   const engine = await Engine.open(options)
   const t1 = performance.now()
-  // On the model's GPU when it has one, else on the CPU (device 'auto').
-  const index = await engine.createIndex(INDEX, { dims: 384, metric: 'cosine', capacity: sentences.length })
-  await index.upsert(sentences.map((_, i) => idOf(i)), await engine.embed(sentences))
+  let index: VectorIndex
+  try {
+    // The model's dimensions (all-MiniLM-L6-v2: 384). Without a model, embed()
+    // below rejects with E_MODEL saying how to provide one (HTTP 503).
+    const dims = (await engine.health()).model?.dims ?? 384
+    // On the model's GPU when it has one, else on the CPU (device 'auto').
+    index = await engine.createIndex(INDEX, { dims, metric: 'cosine', capacity: sentences.length })
+    await index.upsert(sentences.map((_, i) => idOf(i)), await engine.embed(sentences))
+  } catch (err) {
+    await engine.close({ drainMs: 0 })
+    throw err
+  }
   const t2 = performance.now()
   const startup = { open_ms: Math.round(t1 - t0), index_ms: Math.round(t2 - t1), sentences: index.size }
   console.log(`cuda-engine: ${JSON.stringify({ ...startup, device: index.device })}`)
