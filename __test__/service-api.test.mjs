@@ -225,7 +225,8 @@ test('GET /metrics parses as Prometheus text and counts exactly the calls made',
   const res = await fetch(`${svc.url}/metrics`)
   assert.equal(res.status, 200)
   assert.match(res.headers.get('content-type'), /^text\/plain; version=0\.0\.4/)
-  const families = new Map(parsePrometheusTextFormat(await res.text()).map((f) => [f.name, f]))
+  const text = await res.text()
+  const families = new Map(parsePrometheusTextFormat(text).map((f) => [f.name, f]))
   const value = (name, labels) => {
     const f = families.get(name)
     assert.ok(f, `family ${name} is exposed`)
@@ -235,12 +236,18 @@ test('GET /metrics parses as Prometheus text and counts exactly the calls made',
   // The service's own counters (the scrape itself is in flight, not counted).
   assert.equal(value('cuda_service_http_requests_total', { route: '/v1/embeddings', status: '200' }), N)
   assert.equal(value('cuda_service_http_requests_total', { route: '/v2/models/{name}/infer', status: '400' }), K)
-  assert.equal(value('cuda_service_http_request_duration_seconds', { route: '/v1/embeddings' }), N)
+  // The parser keeps no labels of a labelled histogram (it merges its series), so
+  // the family's type comes from it and a series' count from its own line.
+  assert.equal(families.get('cuda_service_http_request_duration_seconds').type, 'HISTOGRAM')
+  const count = (name, labels) => Number(new RegExp(`^${name}_count\\{${labels}\\} (\\S+)$`, 'm').exec(text)?.[1])
+  assert.equal(count('cuda_service_http_request_duration_seconds', 'route="/v1/embeddings"'), N)
   assert.equal(value('cuda_service_http_in_flight', {}), 1)
   // The engine's: one infer per request, the K failures by code.
   assert.equal(value('cuda_engine_requests_total', { type: 'infer' }), N + K)
   assert.equal(value('cuda_engine_errors_total', { type: 'infer', code: 'E_INVALID_ARG' }), K)
   assert.equal(families.get('cuda_engine_request_duration_seconds').type, 'HISTOGRAM')
+  const { backend } = await (await fetch(`${svc.url}/api/v1/health`)).json()
+  assert.equal(count('cuda_engine_request_duration_seconds', `type="infer",backend="${backend}"`), N + K)
 })
 
 test('SIGTERM with a 2-second request in flight: it completes with 200, new connections are refused, exit within the deadline', async (t) => {
