@@ -99,7 +99,7 @@ function startServer() {
   })
 }
 function startHttp() {
-  const proc = spawn(process.execPath, [path.join(root, 'bin/cuda-service.mjs'), '--port', '0', '--max-body', String(128 << 20),
+  const proc = spawn(process.execPath, [path.join(root, 'bin/cuda-service.mjs'), '--port', '0', '--no-log', '--max-body', String(128 << 20),
     '--options', JSON.stringify({ model, device, maxEnvelopeBytes: 128 << 20, maxTextsPerCall: 100000 })],
   { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, CUDA_WORKER_PATH: '' } })
   let out = ''
