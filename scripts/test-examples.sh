@@ -199,5 +199,9 @@ left=$(for p in /proc/[0-9]*; do
 done || true)
 [ -z "$left" ] || fail "processes left behind:"$'\n'"$left"
 
-[ -n "$skip_browser" ] && echo "examples-test: SKIPPED the browser check: $skip_browser"
-say "ok in $(($(date +%s) - t0)) s${skip_browser:+ (browser SKIPPED)}; screenshot: ${skip_browser:+none}${skip_browser:-$screenshot}"
+if [ -n "$skip_browser" ]; then
+  echo "examples-test: SKIPPED the browser check: $skip_browser"
+  say "ok in $(($(date +%s) - t0)) s (browser SKIPPED, no screenshot)"
+else
+  say "ok in $(($(date +%s) - t0)) s; screenshot: $screenshot"
+fi
