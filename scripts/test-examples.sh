@@ -178,9 +178,12 @@ done
 say "node build: listening on $base, $(grep -m1 '^cuda-engine:' "$tmp/server.log" || echo 'engine not started')"
 if [ -n "$skip_browser" ]; then echo "examples-test: browser check SKIPPED: $skip_browser"; fi
 rm -f "$screenshot"
+set +e
 (cd "$tmp/sveltekit" && "${run_env[@]}" TMPDIR="$tmp" BASE_URL="$base" SCREENSHOT="$screenshot" CHROMIUM="$chromium" SKIP_BROWSER="$skip_browser" \
   timeout 120 node e2e/e2e.mjs) 2>&1 | sed 's/^/examples-test: /'
-[ "${PIPESTATUS[0]}" = 0 ] || { cat "$tmp/server.log" >&2; fail "examples/sveltekit: the end-to-end check (above)"; }
+e2e_rc=${PIPESTATUS[0]}
+set -e
+[ "$e2e_rc" = 0 ] || { sed 's/^/examples-test: server: /' "$tmp/server.log" >&2; fail "examples/sveltekit: the end-to-end check (above) exited $e2e_rc"; }
 [ -n "$skip_browser" ] || [ -s "$screenshot" ] || fail "no screenshot at $screenshot"
 
 # 8. SIGTERM: adapter-node closes the server, the app closes the engine, the process exits.
