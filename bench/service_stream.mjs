@@ -33,18 +33,19 @@ async function start() {
     readline.createInterface({ input: child.stdout }).once('line', (l) => resolve(JSON.parse(l).listening))
     child.once('exit', (c) => reject(new Error(`service exited ${c}`)))
   })
+  const model = (await (await fetch(`${url}/v1/models`)).json()).data[0].id
   // Warm the model (first pass), then note the resident size before the big call.
-  await fetch(`${url}/v1/embeddings`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'all-MiniLM-L6-v2', input: ['warm up'] }) })
-  return { child, url, rssBefore: kib(child.pid, 'VmRSS') }
+  await fetch(`${url}/v1/embeddings`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model, input: ['warm up'] }) })
+  return { child, url, model, rssBefore: kib(child.pid, 'VmRSS') }
 }
 
 async function run(stream) {
-  const { child, url, rssBefore } = await start()
+  const { child, url, model, rssBefore } = await start()
   const t0 = performance.now()
   const res = await fetch(`${url}/v1/embeddings${stream ? '?stream=1' : ''}`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'all-MiniLM-L6-v2', input, encoding_format: FORMAT }),
+    body: JSON.stringify({ model, input, encoding_format: FORMAT }),
   })
   let embeddings = 0
   const progress = []
