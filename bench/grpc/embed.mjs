@@ -118,7 +118,8 @@ const local = await Engine.open({ model, device, maxTextsPerCall: 100000, maxEnv
 const server = await startServer()
 const http = await startHttp()
 // The server names its model after the model directory.
-const remote = await Engine.open({ remote: { endpoints: [`grpc://${server.addr}`], maxMessageBytes: 128 << 20, model: path.basename(model) } })
+// A CPU batch of 512 on a busy machine can pass the default 30 s.
+const remote = await Engine.open({ remote: { endpoints: [`grpc://${server.addr}`], maxMessageBytes: 128 << 20, model: path.basename(model), timeoutMs: 600_000 } })
 const creds = grpc.credentials.createInsecure()
 const gjs = new pkg.cuda_engine.v1.Engine(server.addr, creds, { 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 })
 const post = async (body) => {
