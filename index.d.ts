@@ -240,6 +240,22 @@ export interface EmbedOptions extends CallOptions {
   normalize?: boolean
   /** Truncate texts over the model's max tokens (default true); false: `E_TOO_LONG` naming the text's index. */
   truncate?: boolean
+  /** Progress of a large call: `done` texts of `total` have their vectors.
+   * Called on the JS thread at most every 100 ms while the local model
+   * computes (reports that cannot be queued are dropped, never blocking the
+   * engine), and always once with `{ done: total, total }` before the
+   * Promise resolves. A throwing callback rejects this call with
+   * `E_INVALID_ARG` naming `onProgress` (its remaining work is cancelled);
+   * other calls are unaffected. */
+  onProgress?: (progress: EmbedProgress) => void
+}
+
+/** What `EmbedOptions.onProgress` receives. */
+export interface EmbedProgress {
+  /** Texts whose vectors are computed (monotonic). */
+  done: number
+  /** Texts in the call. */
+  total: number
 }
 
 /** `engine.close()` options. */

@@ -789,6 +789,8 @@ pub struct ParsedCall {
     /// `EmbedOptions.normalize` / `truncate` (embed calls only).
     pub normalize: Option<bool>,
     pub truncate: Option<bool>,
+    /// `EmbedOptions.onProgress`, checked to be a function (embed calls only).
+    pub progress: Option<JsVal>,
 }
 
 /// Read `CallOptions` (or, with `known = options::EMBED_OPTIONS`,
@@ -825,6 +827,19 @@ pub fn call_options(v: Option<JsVal>, known: &[&str]) -> Result<ParsedCall> {
     if known.contains(&"normalize") {
         parsed.normalize = flag(v, c"normalize", "normalize")?;
         parsed.truncate = flag(v, c"truncate", "truncate")?;
+    }
+    if known.contains(&"onProgress") {
+        let f = v.get(c"onProgress")?;
+        if !f.is_nullish()? {
+            if f.type_of()? != sys::ValueType::napi_function {
+                return Err(err!(
+                    InvalidArg,
+                    "`options.onProgress` must be a function ({{ done, total }}) => void, got {}",
+                    f.kind_name()
+                ));
+            }
+            parsed.progress = Some(f);
+        }
     }
     let signal = v.get(c"signal")?;
     if !signal.is_nullish()? {

@@ -25,6 +25,11 @@ pub struct EmbedBytes {
 }
 
 impl EmbedBytes {
+    /// How many texts.
+    pub fn count(&self) -> usize {
+        self.ends.len()
+    }
+
     /// The texts as strings (on the runtime: a copy and a UTF-8 check each).
     pub fn into_input(self) -> Result<EmbedInput> {
         let mut texts = Vec::with_capacity(self.ends.len());

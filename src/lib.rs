@@ -6,6 +6,7 @@ mod embed;
 mod error;
 mod hub;
 mod infer;
+mod progress;
 mod task;
 mod vector;
 
@@ -139,16 +140,42 @@ fn embed_impl<'e>(
     );
     let opts = parsed.as_ref().map(embed::embed_options).unwrap_or_default();
     let single = request.as_ref().is_ok_and(|i| i.single);
+    // `onProgress`: hooked only for a call that will run.
+    let (parsed, mut progress) = match (parsed, &request) {
+        (Ok(p), Ok(r)) if p.progress.is_some() => {
+            let hooked = p.progress.map(|f| progress::ProgressJs::new(env, f, r.count(), p.call.cancel.clone()));
+            match hooked {
+                Some(Ok(h)) => (Ok(p), Some(h)),
+                Some(Err(e)) => (Err(e), None),
+                None => (Ok(p), None),
+            }
+        }
+        (parsed, _) => (parsed, None),
+    };
+    let reporter = progress.as_mut().and_then(|p| p.reporter());
     spawn_job(
         env,
         parsed,
-        // The texts are split into strings here, on the runtime.
+        // The texts are split into strings here, on the runtime. The
+        // outcome is settled by `to_js`, so that `onProgress` sees it first.
         move |call| async move {
-            let engine = engine.get().await?;
-            let input = counted(&engine, CallType::Embed, &call, request.and_then(|r| r.into_input()))?;
-            engine.embed(input.texts, opts, call).await
+            let run = async {
+                let engine = engine.get().await?;
+                let input = counted(&engine, CallType::Embed, &call, request.and_then(|r| r.into_input()))?;
+                engine.embed_with_progress(input.texts, opts, call, reporter).await
+            };
+            Ok(run.await)
         },
-        move |env, vectors| embed::vectors_to_js(env, vectors, single),
+        move |env, outcome: std::result::Result<Vec<Vec<f32>>, CoreError>| {
+            let outcome = match progress {
+                Some(p) => p.settle(outcome),
+                None => outcome,
+            };
+            match outcome {
+                Ok(vectors) => embed::vectors_to_js(env, vectors, single),
+                Err(e) => Err(to_napi(env, e)),
+            }
+        },
     )
 }
 

@@ -86,6 +86,12 @@ pub struct BatchOutput {
 
 pub type TensorReply = Result<BatchOutput>;
 
+/// A request's progress: called on the batcher thread with (texts
+/// computed, texts in the request) after each pass that computed some of
+/// them, the last call possibly with both equal. It must not block (the
+/// binding queues a JS call without waiting, or drops it).
+pub type Progress = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
 struct Request {
     seqs: Vec<Encoded>,
     /// The tensor API (`infer`) asked for the last hidden state: the batch
@@ -96,6 +102,7 @@ struct Request {
     reply: oneshot::Sender<TensorReply>,
     /// When the request was sent (for `BatchOutput::queued`).
     sent: Instant,
+    progress: Option<Progress>,
 }
 
 struct Counters {
@@ -167,6 +174,18 @@ impl Batcher {
         want_hidden: bool,
         cancel: CancellationToken,
     ) -> TensorReply {
+        self.submit_with_progress(seqs, want_hidden, cancel, None).await
+    }
+
+    /// [`Batcher::submit_tensors`], reporting the texts computed after each
+    /// pass to `progress`.
+    pub async fn submit_with_progress(
+        &self,
+        seqs: Vec<Encoded>,
+        want_hidden: bool,
+        cancel: CancellationToken,
+        progress: Option<Progress>,
+    ) -> TensorReply {
         let n = seqs.len();
         if n == 0 {
             return Ok(BatchOutput::default());
@@ -185,7 +204,8 @@ impl Batcher {
                 )
             })?;
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Request { seqs, want_hidden, cancel: cancel.clone(), reply, sent: Instant::now() }).is_err() {
+        let req = Request { seqs, want_hidden, cancel: cancel.clone(), reply, sent: Instant::now(), progress };
+        if self.tx.send(req).is_err() {
             self.counters.depth.fetch_sub(n, Ordering::AcqRel);
             return Err(err!(Internal, "the embedding batcher has stopped"));
         }
@@ -316,6 +336,7 @@ impl Actor {
                         p.done += 1;
                     }
                 }
+                self.report_progress(&owners);
             }
             other => {
                 let e = match other {
@@ -342,6 +363,25 @@ impl Actor {
             }
         }
         self.finish();
+    }
+
+    /// Tell each request with texts in this batch how many are computed.
+    /// `owners` is in queue order, so each request's rows are adjacent. A
+    /// panicking callback is the caller's bug; it must not stop the actor.
+    fn report_progress(&self, owners: &[(usize, usize)]) {
+        let mut last = None;
+        for &(qi, _) in owners {
+            if last == Some(qi) {
+                continue;
+            }
+            last = Some(qi);
+            if let Some(p) = self.queue.get(qi) {
+                if let Some(f) = &p.req.progress {
+                    let (done, total) = (p.done, p.req.seqs.len());
+                    let _ = catch_unwind(AssertUnwindSafe(|| f(done, total)));
+                }
+            }
+        }
     }
 
     /// Answer finished requests and drop failed ones.

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::{CudaBackend, CudaOptions, Dtype};
 use crate::backend::{Backend, BackendStatus};
-pub use crate::batcher::QueueStats;
 use crate::batcher::{Batcher, BatcherLimits};
+pub use crate::batcher::{Progress, QueueStats};
 use crate::device::DevicePreference;
 use crate::err;
 use crate::error::Result;
@@ -269,6 +269,18 @@ impl Embedder {
         opts: EmbedOptions,
         cancel: CancellationToken,
     ) -> Result<(Vec<Vec<f32>>, std::time::Duration)> {
+        self.embed_with_progress(texts, opts, cancel, None).await
+    }
+
+    /// [`Embedder::embed_timed`], reporting (texts computed, texts) to
+    /// `progress` after each forward pass (from the batcher thread).
+    pub async fn embed_with_progress(
+        &self,
+        texts: Vec<String>,
+        opts: EmbedOptions,
+        cancel: CancellationToken,
+        progress: Option<Progress>,
+    ) -> Result<(Vec<Vec<f32>>, std::time::Duration)> {
         if texts.len() > self.max_texts_per_call {
             return Err(err!(
                 TooLarge,
@@ -291,7 +303,7 @@ impl Embedder {
                 _ = cancel.cancelled() => return Err(crate::error::CoreError::cancelled()),
             }
         };
-        let out = self.batcher.submit_tensors(seqs, false, cancel).await?;
+        let out = self.batcher.submit_with_progress(seqs, false, cancel, progress).await?;
         let mut vectors = out.pooled;
         if opts.normalize.unwrap_or(self.config.normalize) {
             for v in &mut vectors {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::device::DevicePreference;
 use crate::discovery::{self, DiscoveryEnv};
-use crate::embedder::{EmbedOptions, Embedder};
+use crate::embedder::{EmbedOptions, Embedder, Progress};
 use crate::envelope::{self, Encoding, Envelope, Limits, Payload, RawEnvelope};
 use crate::err;
 use crate::error::{CoreError, ErrorCode, Result};
@@ -349,8 +349,21 @@ impl Engine {
 
     /// Embed texts with the engine's model: admission, timeout, AbortSignal.
     pub async fn embed(&self, texts: Vec<String>, opts: EmbedOptions, call: CallOptions) -> Result<Vec<Vec<f32>>> {
+        self.embed_with_progress(texts, opts, call, None).await
+    }
+
+    /// [`Engine::embed`], reporting (texts computed, texts) to `progress`
+    /// after each forward pass of the local model (from the batcher thread;
+    /// the remote and the isolated process report nothing until done).
+    pub async fn embed_with_progress(
+        &self,
+        texts: Vec<String>,
+        opts: EmbedOptions,
+        call: CallOptions,
+        progress: Option<Progress>,
+    ) -> Result<Vec<Vec<f32>>> {
         let mut timer = self.metrics.start(CallType::Embed, self.default_backend(), call.issued);
-        let r = self.embed_routed(texts, opts, call, &mut timer).await;
+        let r = self.embed_routed(texts, opts, call, progress, &mut timer).await;
         timer.finish(r.as_ref().err().map(|e| e.code));
         r
     }
@@ -360,6 +373,7 @@ impl Engine {
         texts: Vec<String>,
         opts: EmbedOptions,
         call: CallOptions,
+        progress: Option<Progress>,
         timer: &mut CallTimer<'_>,
     ) -> Result<Vec<Vec<f32>>> {
         let _slot = self.admit()?;
@@ -383,7 +397,11 @@ impl Engine {
             let untimed = CallOptions { timeout: None, ..call.clone() };
             return self.guard(iso.embed(texts, opts, call.timeout, cancel), &untimed).await;
         }
-        let r = self.guard(async { self.embedder().await?.embed(texts, opts, cancel).await }, &call).await;
+        let local = async {
+            let embedder = self.embedder().await?;
+            Ok(embedder.embed_with_progress(texts, opts, cancel, progress).await?.0)
+        };
+        let r = self.guard(local, &call).await;
         // The model may have loaded during the call.
         timer.set_backend(self.default_backend());
         r

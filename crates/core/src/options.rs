@@ -222,7 +222,8 @@ impl IndexOptions {
 /// `CallOptions` keys (read by the binding: `signal` is a JS object).
 pub const CALL_OPTIONS: &[&str] = &["signal", "timeoutMs", "target"];
 /// `EmbedOptions` keys: the call options plus the embedding's own.
-pub const EMBED_OPTIONS: &[&str] = &["signal", "timeoutMs", "target", "normalize", "truncate"];
+/// `onProgress` is a JS function: only the binding reads these (as JS values).
+pub const EMBED_OPTIONS: &[&str] = &["signal", "timeoutMs", "target", "normalize", "truncate", "onProgress"];
 /// `engine.close(options)` keys.
 pub const CLOSE_OPTIONS: &[&str] = &["drainMs"];
 /// `engine.metrics(options)` keys: `format` ('prometheus' | 'json').
