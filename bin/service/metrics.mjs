@@ -1,5 +1,5 @@
 // The service's own Prometheus metrics, appended to the engine's
-// `metrics()` text on GET /metrics (docs/metrics.md "HTTP service").
+// `metrics()` text on GET /metrics (docs/service.md "Metrics", docs/metrics.md "HTTP service").
 // Label values come from closed sets (the route table's patterns, or
 // "unmatched"; HTTP statuses), so the series count is bounded.
 
