@@ -74,6 +74,18 @@ test('sentence_embedding of text equals embed() of the same texts', async () => 
   assert.deepEqual(se.data.subarray(H), eb)
 })
 
+test('many texts (tokenized in parallel) equal embed() in order; the first over-long element is the error', async () => {
+  const texts = Array.from({ length: 300 }, (_, i) => `sentence ${i} ${'word '.repeat(i % 40)}`)
+  const res = await engine.infer({ inputs: [textInput(texts)], outputs: [{ name: 'sentence_embedding' }] })
+  const se = out(res, 'sentence_embedding')
+  const want = await engine.embed(texts)
+  want.forEach((v, i) => assert.deepEqual(se.data.subarray(i * H, (i + 1) * H), v, `#${i}`))
+  const long = texts.map((t, i) => (i === 77 || i === 250 ? 'long '.repeat(400) : t))
+  const err = await engine.infer({ inputs: [textInput(long)], parameters: { truncate: false } }).catch((e) => e)
+  assert.equal(err.code, 'E_INVALID_ARG')
+  assert.match(err.message, /input `text`: element 77: /)
+})
+
 test('last_hidden_state of the fixture texts matches sentence-transformers token_embeddings (1e-4)', async () => {
   const res = await engine.infer({ id: 'fx', inputs: [textInput(fixtures.map((r) => r.text))] })
   assert.equal(res.id, 'fx')

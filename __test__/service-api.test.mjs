@@ -6,14 +6,13 @@
 import test from 'node:test'
 import assert from 'node:assert/strict'
 import fs from 'node:fs'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import OpenAI from 'openai'
 import parsePrometheusTextFormat from 'parse-prometheus-text-format'
 
 import { addon, require } from './helpers.mjs'
-import { startService, until, request, sleep } from './service-helpers.mjs'
+import { startService, until, request, sleep, refusesConnections } from './service-helpers.mjs'
 
 const MODEL = 'all-MiniLM-L6-v2'
 const TEXTS = ['hello world', 'A man is eating food.', 'The new movie is awesome', 'Ünïcödé text, with punctuation!']
@@ -263,16 +262,7 @@ test('SIGTERM with a 2-second request in flight: it completes with 200, new conn
   await sleep(300)
   const exited = new Promise((r) => svc.child.once('exit', (code) => r({ code, ms: Date.now() - t0 })))
   svc.child.kill('SIGTERM')
-  let refused = false
-  for (let i = 0; i < 100 && !refused; i++) {
-    refused = await new Promise((r) => {
-      const s = net.connect(svc.port, svc.host)
-      s.on('connect', () => (s.destroy(), r(false)))
-      s.on('error', (e) => r(e.code === 'ECONNREFUSED'))
-    })
-    if (!refused) await sleep(20)
-  }
-  assert.ok(refused, 'new connections are refused after SIGTERM')
+  assert.ok(await refusesConnections(svc), 'new connections are refused after SIGTERM')
   const res = await inflight
   assert.equal(res.status, 200)
   assert.deepEqual((await res.json()).result, { slept: 2 })

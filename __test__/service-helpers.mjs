@@ -98,3 +98,17 @@ export function raw(svc, text = '') {
   const done = new Promise((resolve) => sock.on('close', () => resolve({ data, ms: Date.now() - t0, status: Number(/^HTTP\/1\.1 (\d+)/.exec(data)?.[1]) || null })))
   return { sock, done, data: () => data }
 }
+
+/** Polls (up to ~2 s) until a new TCP connection to the service is refused. */
+export async function refusesConnections(svc) {
+  for (let i = 0; i < 100; i++) {
+    const refused = await new Promise((r) => {
+      const s = net.connect(svc.port, svc.host)
+      s.on('connect', () => (s.destroy(), r(false)))
+      s.on('error', (e) => r(e.code === 'ECONNREFUSED'))
+    })
+    if (refused) return true
+    await sleep(20)
+  }
+  return false
+}

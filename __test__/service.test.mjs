@@ -5,12 +5,11 @@ import test from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
-import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { createRequire } from 'node:module'
 
-import { BIN, sleep, cleanEnv, startService, until, post, request, raw } from './service-helpers.mjs'
+import { BIN, sleep, cleanEnv, startService, until, post, request, raw, refusesConnections } from './service-helpers.mjs'
 
 const echo = (text) => JSON.stringify({ type: 'echo', payload: { text } })
 
@@ -377,16 +376,7 @@ test('SIGTERM: stop accepting, finish the in-flight request, exit 0', async (t) 
   const exited = new Promise((r) => svc.child.once('exit', (code) => r(code)))
   svc.child.kill('SIGTERM')
   // New connections are refused once the listener is closed.
-  let refused = false
-  for (let i = 0; i < 100 && !refused; i++) {
-    refused = await new Promise((r) => {
-      const s = net.connect(svc.port, svc.host)
-      s.on('connect', () => (s.destroy(), r(false)))
-      s.on('error', (e) => r(e.code === 'ECONNREFUSED'))
-    })
-    if (!refused) await sleep(20)
-  }
-  assert.ok(refused, 'new connections are refused after SIGTERM')
+  assert.ok(await refusesConnections(svc), 'new connections are refused after SIGTERM')
   assert.equal(svc.child.exitCode, null, 'still running while a request is in flight')
   a.sock.write(body.slice(10))
   const done = await a.done
