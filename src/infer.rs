@@ -349,10 +349,13 @@ pub fn infer_impl<'e>(
     spawn_job(
         env,
         parsed,
-        move |call| async move {
-            let engine = engine.get().await?;
-            let request = crate::counted(&engine, CallType::Infer, &call, request)?;
-            engine.infer(request, call).await
+        move |call| {
+            let admission = engine.admit();
+            async move {
+                let engine = engine.get().await?;
+                let request = crate::counted(&engine, CallType::Infer, &call, request)?;
+                engine.infer_admitted(crate::admitted(&engine, admission), request, call).await
+            }
         },
         response_to_js,
     )
@@ -362,9 +365,13 @@ pub fn models_impl(env: &Env, engine: EngineRef) -> napi::Result<PromiseRaw<'_, 
     spawn_job(
         env,
         Ok(ParsedCall::default()),
-        move |_| async move {
-            let models = engine.get().await?.models().await?;
-            Ok(Value::Array(models.iter().map(|m| m.to_json()).collect()))
+        move |_| {
+            let admission = engine.admit();
+            async move {
+                let engine = engine.get().await?;
+                let models = engine.models_admitted(crate::admitted(&engine, admission)).await?;
+                Ok(Value::Array(models.iter().map(|m| m.to_json()).collect()))
+            }
         },
         |env, v| json_to_js(env, &v),
     )

@@ -13,7 +13,7 @@ mod vector;
 use std::sync::Arc;
 
 use cuda_engine_core::discovery::{self, DiscoveryEnv};
-use cuda_engine_core::engine::{Engine as CoreEngine, EngineConfig};
+use cuda_engine_core::engine::{Engine as CoreEngine, EngineConfig, OwnedAdmission};
 use cuda_engine_core::envelope::{json_kind, Limits};
 use cuda_engine_core::metrics::{self, CallType, MetricsReport};
 use cuda_engine_core::options::{self, EngineOptions, RemoteOptions, WorkerOptions};
@@ -89,6 +89,17 @@ impl EngineRef {
         }
     }
 
+    /// Admit the call now, on the JS thread, when the engine is open (the
+    /// default engine before it opened: None, admitted once it has), so
+    /// that a call made before `close()` is drained and one made after it
+    /// is `E_CLOSED` (docs/design.md "Close").
+    fn admit(&self) -> Option<std::result::Result<OwnedAdmission, CoreError>> {
+        match self {
+            EngineRef::Default => DEFAULT_ENGINE.get().map(CoreEngine::admit_owned),
+            EngineRef::Open(e) => Some(e.admit_owned()),
+        }
+    }
+
     fn limits(&self) -> Limits {
         match self {
             EngineRef::Default => default_config(|c| c.limits),
@@ -116,10 +127,13 @@ fn submit_impl<'e>(
     spawn_job(
         env,
         parsed,
-        move |call| async move {
-            let engine = engine.get().await?;
-            let input = counted(&engine, CallType::Unknown, &call, input.and_then(|i| i.finish()))?;
-            engine.submit(input, call).await
+        move |call| {
+            let admission = engine.admit();
+            async move {
+                let engine = engine.get().await?;
+                let input = counted(&engine, CallType::Unknown, &call, input.and_then(|i| i.finish()))?;
+                engine.submit_admitted(admitted(&engine, admission), input, call).await
+            }
         },
         job_result_to_js,
     )
@@ -158,13 +172,16 @@ fn embed_impl<'e>(
         parsed,
         // The texts are split into strings here, on the runtime. The
         // outcome is settled by `to_js`, so that `onProgress` sees it first.
-        move |call| async move {
-            let run = async {
-                let engine = engine.get().await?;
-                let input = counted(&engine, CallType::Embed, &call, request.and_then(|r| r.into_input()))?;
-                engine.embed_with_progress(input.texts, opts, call, reporter).await
-            };
-            Ok(run.await)
+        move |call| {
+            let admission = engine.admit();
+            async move {
+                let run = async {
+                    let engine = engine.get().await?;
+                    let input = counted(&engine, CallType::Embed, &call, request.and_then(|r| r.into_input()))?;
+                    engine.embed_admitted(admitted(&engine, admission), input.texts, opts, call, reporter).await
+                };
+                Ok(run.await)
+            }
         },
         move |env, outcome: std::result::Result<Vec<Vec<f32>>, CoreError>| {
             let outcome = match progress {
@@ -177,6 +194,15 @@ fn embed_impl<'e>(
             }
         },
     )
+}
+
+/// The admission a call took on the JS thread ([`EngineRef::admit`]), else
+/// (the default engine opened after the call was made) one taken now.
+pub(crate) fn admitted(
+    engine: &Arc<CoreEngine>,
+    taken: Option<std::result::Result<OwnedAdmission, CoreError>>,
+) -> std::result::Result<OwnedAdmission, CoreError> {
+    taken.unwrap_or_else(|| engine.admit_owned())
 }
 
 /// `r`, its error first counted as a call of `call` that failed before it

@@ -382,9 +382,13 @@ impl Engine {
         spawn_job(
             env,
             parsed,
-            move |call| async move {
-                let request = crate::counted(&engine, CallType::Search, &call, request)?;
-                engine.search(request.0, call).await
+            move |call| {
+                // Admitted here, on the JS thread (docs/design.md "Close").
+                let admission = engine.admit_owned();
+                async move {
+                    let request = crate::counted(&engine, CallType::Search, &call, request)?;
+                    engine.search_admitted(admission, request.0, call).await
+                }
             },
             move |env, hits| hits_to_js(env, hits, kind, single),
         )

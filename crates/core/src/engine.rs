@@ -87,6 +87,10 @@ pub struct Engine {
     config: EngineConfig,
     admitted: AtomicUsize,
     closed: AtomicBool,
+    /// Set by `close` once the admitted calls are done (or cancelled): from
+    /// then on no model loads. (Not `closed`: a call admitted before
+    /// `close` may still load the model while it is drained.)
+    released: AtomicBool,
     /// Wakes `close` when the last admitted call finishes.
     idle: tokio::sync::Notify,
     /// Fired by `close` after the drain deadline: every call still running
@@ -135,10 +139,35 @@ struct Admission<'a>(&'a Engine);
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        if self.0.admitted.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.release();
     }
+}
+
+/// An admission slot taken before the call's future first runs
+/// ([`Engine::admit_owned`]): the binding takes it on the JS thread when the
+/// call is made, so that the order of calls and `close()` on that thread
+/// decides which calls `close` drains. Counted as in flight (and drained by
+/// `close`) from then on; released on drop.
+pub struct OwnedAdmission(Arc<Engine>);
+
+impl Drop for OwnedAdmission {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl std::fmt::Debug for OwnedAdmission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnedAdmission")
+    }
+}
+
+/// The slot a call runs under: taken when its future ran, or before. Held
+/// only for its drop (the release), so its fields are never read.
+#[allow(dead_code)]
+enum Slot<'a> {
+    Here(Admission<'a>),
+    Taken(OwnedAdmission),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,6 +209,7 @@ impl Engine {
             config,
             admitted: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             idle: tokio::sync::Notify::new(),
             shutdown: CancellationToken::new(),
             embedder: Mutex::new(None),
@@ -209,7 +239,7 @@ impl Engine {
         if let Some(e) = lock(&self.embedder).clone() {
             return Ok(e);
         }
-        if self.is_closed() {
+        if self.released.load(Ordering::SeqCst) {
             return Err(err!(Closed, "this Engine is closed; open a new one"));
         }
         if self.isolated.is_some() {
@@ -362,21 +392,46 @@ impl Engine {
         call: CallOptions,
         progress: Option<Progress>,
     ) -> Result<Vec<Vec<f32>>> {
+        self.embed_in_slot(None, texts, opts, call, progress).await
+    }
+
+    /// [`Engine::embed_with_progress`] under an admission taken earlier with
+    /// [`Engine::admit_owned`] (its refusal is this call's answer).
+    pub async fn embed_admitted(
+        &self,
+        admission: Result<OwnedAdmission>,
+        texts: Vec<String>,
+        opts: EmbedOptions,
+        call: CallOptions,
+        progress: Option<Progress>,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.embed_in_slot(Some(admission), texts, opts, call, progress).await
+    }
+
+    async fn embed_in_slot(
+        &self,
+        pre: Option<Result<OwnedAdmission>>,
+        texts: Vec<String>,
+        opts: EmbedOptions,
+        call: CallOptions,
+        progress: Option<Progress>,
+    ) -> Result<Vec<Vec<f32>>> {
         let mut timer = self.metrics.start(CallType::Embed, self.default_backend(), call.issued);
-        let r = self.embed_routed(texts, opts, call, progress, &mut timer).await;
+        let r = self.embed_routed(pre, texts, opts, call, progress, &mut timer).await;
         timer.finish(r.as_ref().err().map(|e| e.code));
         r
     }
 
     async fn embed_routed(
         &self,
+        pre: Option<Result<OwnedAdmission>>,
         texts: Vec<String>,
         opts: EmbedOptions,
         call: CallOptions,
         progress: Option<Progress>,
         timer: &mut CallTimer<'_>,
     ) -> Result<Vec<Vec<f32>>> {
-        let _slot = self.admit()?;
+        let _slot = self.slot(pre)?;
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
         }
@@ -518,19 +573,44 @@ impl Engine {
     /// engine's model first (the vectors never pass through JS).
     /// Admission, timeout and AbortSignal as for `embed`.
     pub async fn search(&self, req: SearchRequest, call: CallOptions) -> Result<Vec<SearchHits>> {
+        self.search_in_slot(None, req, call).await
+    }
+
+    /// [`Engine::search`] under an admission taken earlier with
+    /// [`Engine::admit_owned`] (its refusal is this call's answer).
+    pub async fn search_admitted(
+        &self,
+        admission: Result<OwnedAdmission>,
+        req: SearchRequest,
+        call: CallOptions,
+    ) -> Result<Vec<SearchHits>> {
+        self.search_in_slot(Some(admission), req, call).await
+    }
+
+    async fn search_in_slot(
+        &self,
+        pre: Option<Result<OwnedAdmission>>,
+        req: SearchRequest,
+        call: CallOptions,
+    ) -> Result<Vec<SearchHits>> {
         let backend = match self.index(&req.index).map(|i| i.placement()) {
             Some(Placement::Cpu) => RunBackend::Cpu,
             Some(_) => RunBackend::Cuda,
             None => self.default_backend(),
         };
         let timer = self.metrics.start(CallType::Search, backend, call.issued);
-        let r = self.search_admitted(req, call).await;
+        let r = self.search_guarded(pre, req, call).await;
         timer.finish(r.as_ref().err().map(|e| e.code));
         r
     }
 
-    async fn search_admitted(&self, req: SearchRequest, call: CallOptions) -> Result<Vec<SearchHits>> {
-        let _slot = self.admit()?;
+    async fn search_guarded(
+        &self,
+        pre: Option<Result<OwnedAdmission>>,
+        req: SearchRequest,
+        call: CallOptions,
+    ) -> Result<Vec<SearchHits>> {
+        let _slot = self.slot(pre)?;
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
         }
@@ -576,20 +656,65 @@ impl Engine {
         &self.config.limits
     }
 
-    fn admit(&self) -> Result<Admission<'_>> {
-        if self.closed.load(Ordering::Acquire) {
+    /// Count one call in flight, or refuse it: `E_CLOSED` once `close` has
+    /// begun, `E_OVERLOADED` past `maxInFlight`. The count goes up before
+    /// `closed` is read (both sequentially consistent, as are `close`'s
+    /// store and its read of the count), so a call is either refused or
+    /// seen, and waited for, by `close`.
+    fn reserve(&self) -> Result<()> {
+        let prev = self.admitted.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.release();
             return Err(err!(Closed, "this Engine is closed; open a new one"));
         }
-        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
-        let slot = Admission(self);
         if prev >= self.config.max_in_flight {
+            self.release();
             return Err(err!(
                 Overloaded,
                 "{prev} jobs are already in flight (EngineOptions.maxInFlight = {}); retry later",
                 self.config.max_in_flight
             ));
         }
-        Ok(slot)
+        Ok(())
+    }
+
+    /// Give a slot back, waking a draining `close` when it was the last.
+    fn release(&self) {
+        if self.admitted.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn admit(&self) -> Result<Admission<'_>> {
+        self.reserve()?;
+        Ok(Admission(self))
+    }
+
+    /// Admit a call now, before its future runs: `E_CLOSED` once `close`
+    /// has begun (`stop_admitting`), `E_OVERLOADED` past `maxInFlight`.
+    /// Hand the result to the `*_admitted` method that runs the call (which
+    /// then admits nothing again). The binding calls this on the JS thread
+    /// when the call is made, so that a call made before `close()` — in the
+    /// same tick or earlier — is drained and one made after it is
+    /// `E_CLOSED`, whenever the runtime first polls either.
+    pub fn admit_owned(self: &Arc<Self>) -> Result<OwnedAdmission> {
+        self.reserve()?;
+        Ok(OwnedAdmission(self.clone()))
+    }
+
+    /// The slot of a call: the one taken with [`Engine::admit_owned`] when
+    /// given (its refusal is the call's answer), else one taken now.
+    fn slot(&self, pre: Option<Result<OwnedAdmission>>) -> Result<Slot<'_>> {
+        match pre {
+            None => self.admit().map(Slot::Here),
+            Some(taken) => {
+                let taken = taken?;
+                if !std::ptr::eq(Arc::as_ptr(&taken.0), self) {
+                    return Err(CoreError::internal("a call was admitted by another engine than the one running it"));
+                }
+                Ok(Slot::Taken(taken))
+            }
+        }
     }
 
     /// Run `fut` under the call's timeout and AbortSignal and the engine's
@@ -609,19 +734,40 @@ impl Engine {
     /// Decode an envelope and run its job, honouring the call's timeout,
     /// AbortSignal and target.
     pub async fn submit(&self, input: EnvelopeInput, call: CallOptions) -> Result<JobResult> {
+        self.submit_in_slot(None, input, call).await
+    }
+
+    /// [`Engine::submit`] under an admission taken earlier with
+    /// [`Engine::admit_owned`] (its refusal is this call's answer).
+    pub async fn submit_admitted(
+        &self,
+        admission: Result<OwnedAdmission>,
+        input: EnvelopeInput,
+        call: CallOptions,
+    ) -> Result<JobResult> {
+        self.submit_in_slot(Some(admission), input, call).await
+    }
+
+    async fn submit_in_slot(
+        &self,
+        pre: Option<Result<OwnedAdmission>>,
+        input: EnvelopeInput,
+        call: CallOptions,
+    ) -> Result<JobResult> {
         let mut timer = self.metrics.start(CallType::Unknown, self.default_backend(), call.issued);
-        let r = self.submit_routed(input, call, &mut timer).await;
+        let r = self.submit_routed(pre, input, call, &mut timer).await;
         timer.finish(r.as_ref().err().map(|e| e.code));
         r
     }
 
     async fn submit_routed(
         &self,
+        pre: Option<Result<OwnedAdmission>>,
         input: EnvelopeInput,
         call: CallOptions,
         timer: &mut CallTimer<'_>,
     ) -> Result<JobResult> {
-        let _slot = self.admit()?;
+        let _slot = self.slot(pre)?;
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
         }
@@ -826,19 +972,40 @@ impl Engine {
     /// the worker when one is configured and `call.target` allows it, else
     /// `E_UNKNOWN_MODEL`. Admission, timeout and AbortSignal as for `embed`.
     pub async fn infer(&self, req: InferRequest, call: CallOptions) -> Result<InferResponse> {
+        self.infer_in_slot(None, req, call).await
+    }
+
+    /// [`Engine::infer`] under an admission taken earlier with
+    /// [`Engine::admit_owned`] (its refusal is this call's answer).
+    pub async fn infer_admitted(
+        &self,
+        admission: Result<OwnedAdmission>,
+        req: InferRequest,
+        call: CallOptions,
+    ) -> Result<InferResponse> {
+        self.infer_in_slot(Some(admission), req, call).await
+    }
+
+    async fn infer_in_slot(
+        &self,
+        pre: Option<Result<OwnedAdmission>>,
+        req: InferRequest,
+        call: CallOptions,
+    ) -> Result<InferResponse> {
         let mut timer = self.metrics.start(CallType::Infer, self.default_backend(), call.issued);
-        let r = self.infer_routed(req, call, &mut timer).await;
+        let r = self.infer_routed(pre, req, call, &mut timer).await;
         timer.finish(r.as_ref().err().map(|e| e.code));
         r
     }
 
     async fn infer_routed(
         &self,
+        pre: Option<Result<OwnedAdmission>>,
         req: InferRequest,
         call: CallOptions,
         timer: &mut CallTimer<'_>,
     ) -> Result<InferResponse> {
-        let _slot = self.admit()?;
+        let _slot = self.slot(pre)?;
         if call.cancel.is_cancelled() {
             return Err(CoreError::cancelled());
         }
@@ -901,8 +1068,20 @@ impl Engine {
     /// Metadata of the models served here (the engine's encoder), in the
     /// Open Inference Protocol's shape. Loads the model on first use.
     pub async fn models(&self) -> Result<Vec<ModelMetadata>> {
+        self.models_in_slot(None).await
+    }
+
+    /// [`Engine::models`] under an admission taken earlier with
+    /// [`Engine::admit_owned`]. Only the isolated process's query runs under
+    /// it (and is drained by `close`); in-process the admission is given
+    /// back at once, as [`Engine::models`] takes none there.
+    pub async fn models_admitted(&self, admission: Result<OwnedAdmission>) -> Result<Vec<ModelMetadata>> {
+        self.models_in_slot(Some(admission)).await
+    }
+
+    async fn models_in_slot(&self, pre: Option<Result<OwnedAdmission>>) -> Result<Vec<ModelMetadata>> {
         if let Some(iso) = &self.isolated {
-            let _slot = self.admit()?;
+            let _slot = self.slot(pre)?;
             // A metadata query (an inference payload without `inputs`).
             let envelope = Envelope {
                 id: None,
@@ -920,6 +1099,7 @@ impl Engine {
                 .and_then(|m| serde_json::from_value::<Vec<ModelMetadata>>(m).ok())
                 .ok_or_else(|| err!(WorkerProtocol, "the isolated process's model metadata is malformed"));
         }
+        drop(pre);
         Ok(vec![infer::model_metadata(&*self.embedder().await?)])
     }
 
@@ -1118,7 +1298,9 @@ impl Engine {
             iso.shutdown().await;
         }
         // The model's memory (weights, GPU workspaces) goes once no call
-        // holds the embedder any more.
+        // holds the embedder any more. A load under way finishes first;
+        // none starts after this.
+        self.released.store(true, Ordering::SeqCst);
         let _serialized = self.loading.lock().await;
         let model = lock(&self.embedder).take();
         drop(model);
@@ -1130,7 +1312,7 @@ impl Engine {
     /// `E_CLOSED`. The binding calls it on the JS thread so that a call made
     /// right after `engine.close()` returns is already refused.
     pub fn stop_admitting(&self) {
-        self.closed.store(true, Ordering::Release);
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     /// Wait until no call is admitted, at most `limit`; true when idle.
@@ -1143,12 +1325,12 @@ impl Engine {
             // Registered before the check, so a call finishing in between
             // still wakes us.
             notified.as_mut().enable();
-            if self.admitted.load(Ordering::Acquire) == 0 {
+            if self.admitted.load(Ordering::SeqCst) == 0 {
                 return true;
             }
             tokio::select! {
                 _ = &mut notified => {}
-                _ = &mut deadline => return self.admitted.load(Ordering::Acquire) == 0,
+                _ = &mut deadline => return self.admitted.load(Ordering::SeqCst) == 0,
             }
         }
     }
