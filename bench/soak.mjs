@@ -28,6 +28,8 @@
 //                   growth < --rss-target-mb after warm-up (a model not
 //                   released on close would add ~90 MB per cycle).
 //
+// --baseline-model runs the model once before the first reading (use it on a
+// GPU machine: the driver's per-process state then counts as the baseline).
 // --quick divides every count by 100. fds/threads/children are compared after
 // close() once they settle (polled up to --settle-ms 15000: idle runtime
 // threads exit after a keep-alive). --out FILE appends the JSON lines there;
@@ -60,15 +62,15 @@ const DEFAULTS = {
 const COUNTS = ['submits', 'embeds', 'restarts', 'setsid-restarts', 'cycles']
 const PHASES = DEFAULTS.phases.split(',')
 function usage(msg) {
-  console.error(`soak: ${msg}\nusage: node --expose-gc bench/soak.mjs [--quick] [--pretty] ` +
+  console.error(`soak: ${msg}\nusage: node --expose-gc bench/soak.mjs [--quick] [--pretty] [--baseline-model] ` +
     Object.entries(DEFAULTS).map(([k, v]) => `[--${k} ${v === '' ? 'X' : v}]`).join(' '))
   process.exit(2)
 }
-const opt = { ...DEFAULTS, quick: false, pretty: false }
+const opt = { ...DEFAULTS, quick: false, pretty: false, 'baseline-model': false }
 const given = new Set()
 for (let a = process.argv.slice(2), i = 0; i < a.length; i++) {
   const k = a[i].replace(/^--/, '')
-  if (k === 'quick' || k === 'pretty') { opt[k] = true; continue }
+  if (k === 'quick' || k === 'pretty' || k === 'baseline-model') { opt[k] = true; continue }
   if (k === 'help' || k === 'h') usage('help')
   if (!(k in DEFAULTS) || !a[i].startsWith('--') || i + 1 >= a.length) usage(`bad argument ${a[i]}`)
   const v = a[++i]
@@ -438,8 +440,12 @@ const emit = (obj) => {
 }
 const start = reading()
 { // Start the engine's shared runtime once, so the first phase's baseline is not its one-off start-up.
-  const e = await Engine.open({})
+  // --baseline-model also runs the model once: on a GPU the CUDA driver keeps
+  // process-wide state from its first context to exit (fds of /dev/nvidia*,
+  // a thread), which belongs in the baseline, not in a phase's growth.
+  const e = await Engine.open(opt['baseline-model'] ? { model: opt.model } : {})
   await e.submit({ type: 'echo', payload: 1 })
+  if (opt['baseline-model']) await e.embed(['baseline'])
   await e.close()
 }
 await sleep(100)
