@@ -32,6 +32,16 @@ pub const MAX_ARRAY_ELEMENTS: u32 = 1 << 24;
 /// `napi::Error` without clearing the pending exception, which would leave
 /// the next call (another caller's) failing. Every status is checked in
 /// [`JsVal::status`].
+/// Strings whose UTF-8 fits in this many bytes (less 4) are read with one
+/// write through a scratch buffer ([`JsVal::short_string`]).
+pub const SHORT_STRING_BYTES: usize = 16 << 10;
+
+thread_local! {
+    /// [`JsVal::string`]'s scratch buffer (the JS thread's); the JSON walk
+    /// keeps its own.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 #[derive(Clone, Copy)]
 pub struct JsVal {
     env: sys::napi_env,
@@ -150,23 +160,59 @@ impl JsVal {
     }
 
     pub fn string(&self) -> Result<String> {
-        let len = self.string_len()?;
-        self.string_of_len(len)
+        let short = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut buf) => self.short_string(&mut buf),
+            // Not reentrant (no JS runs during a string read); a fresh
+            // buffer if it ever were.
+            Err(_) => self.short_string(&mut Vec::new()),
+        })?;
+        match short {
+            Some(s) => Ok(s),
+            None => {
+                let len = self.string_len()?;
+                self.string_of_len(len)
+            }
+        }
+    }
+
+    /// The string when its UTF-8 takes at most [`SHORT_STRING_BYTES`] - 4
+    /// bytes, else `Ok(None)`: one N-API call, a UTF-8 write into `scratch`
+    /// (reused: its pages stay in memory), then one allocation of exactly
+    /// the string's length. A longer string is cut short by the write; the
+    /// caller reads it with a length pass first (so that a limit is checked
+    /// before its buffer is allocated).
+    ///
+    /// Complete when at least 4 bytes of room are left: V8 stops a write
+    /// only before a character that does not fit, and none takes more than
+    /// 4 bytes (a surrogate pair; a lone surrogate becomes U+FFFD's 3, as on
+    /// every path). Before, each string took two N-API calls that each
+    /// transcoded it (a UTF-8 length pass, then the write) into a zeroed
+    /// buffer.
+    pub fn short_string(&self, scratch: &mut Vec<u8>) -> Result<Option<String>> {
+        let cap = SHORT_STRING_BYTES;
+        scratch.clear();
+        scratch.reserve(cap + 1);
+        let written = self.write_utf8(scratch.spare_capacity_mut().as_mut_ptr().cast(), cap)?;
+        if written + 4 > cap {
+            return Ok(None);
+        }
+        // SAFETY: N-API initialised `written` bytes (and a NUL after them)
+        // of the spare capacity, which has room for cap + 1.
+        unsafe { scratch.set_len(written) };
+        // N-API writes valid UTF-8; the check is a pass over bytes in cache.
+        std::str::from_utf8(scratch)
+            .map(|s| Some(s.to_owned()))
+            .map_err(|_| CoreError::internal("N-API returned invalid UTF-8"))
     }
 
     /// The string, when its UTF-8 length `len` is known (from
     /// [`JsVal::string_len`], checked against a limit): one pass less.
     pub fn string_of_len(&self, len: usize) -> Result<String> {
-        let mut buf = vec![0u8; len + 1];
-        let mut written = 0usize;
-        // SAFETY: buf has room for len bytes + NUL.
-        self.status(
-            unsafe {
-                sys::napi_get_value_string_utf8(self.env, self.raw, buf.as_mut_ptr().cast(), len + 1, &mut written)
-            },
-            "a string",
-        )?;
-        buf.truncate(written);
+        let mut buf = Vec::<u8>::with_capacity(len + 1);
+        let written = self.write_utf8(buf.spare_capacity_mut().as_mut_ptr().cast(), len)?;
+        // SAFETY: N-API initialised `written` bytes (and a NUL after them)
+        // of the spare capacity, which has room for len + 1.
+        unsafe { buf.set_len(written.min(len)) };
         // N-API writes valid UTF-8 (lone surrogates become U+FFFD).
         String::from_utf8(buf).map_err(|_| CoreError::internal("N-API returned invalid UTF-8"))
     }
@@ -411,6 +457,9 @@ pub struct JsonWalker {
     /// event-loop block (`maxPayloadValues`).
     values_left: usize,
     max_values: usize,
+    /// Where strings are written before their exact copy
+    /// ([`JsVal::short_string`]).
+    scratch: Vec<u8>,
 }
 
 impl JsonWalker {
@@ -422,6 +471,7 @@ impl JsonWalker {
             strict: false,
             values_left: limits.max_payload_values,
             max_values: limits.max_payload_values,
+            scratch: Vec::new(),
         }
     }
 
@@ -435,6 +485,7 @@ impl JsonWalker {
             strict: true,
             values_left: 10_000,
             max_values: 10_000,
+            scratch: Vec::new(),
         }
     }
 
@@ -546,11 +597,19 @@ impl JsonWalker {
                     Value::Number(Number::from_f64(n).ok_or_else(|| err!(InvalidArg, "`{path}` is not a JSON number"))?)
                 }
             }
-            sys::ValueType::napi_string => {
-                let len = v.string_len()?;
-                self.spend(len + 2, path)?;
-                Value::String(v.string_of_len(len)?)
-            }
+            sys::ValueType::napi_string => match v.short_string(&mut self.scratch)? {
+                // Most strings: one write, then the budget.
+                Some(s) => {
+                    self.spend(s.len() + 2, path)?;
+                    Value::String(s)
+                }
+                // A long one: its length is checked before its buffer is allocated.
+                None => {
+                    let len = v.string_len()?;
+                    self.spend(len + 2, path)?;
+                    Value::String(v.string_of_len(len)?)
+                }
+            },
             sys::ValueType::napi_bigint => {
                 return Err(err!(InvalidArg, "`{path}` is a BigInt, which JSON cannot carry; send a string or number"))
             }
@@ -600,13 +659,15 @@ impl JsonWalker {
         f.i += 1;
         match &mut f.kind {
             OpenKind::Array(_) => {
-                use std::fmt::Write;
-                let _ = write!(path, "[{i}]");
+                push_index(path, i);
                 Ok(Some(f.v.element(i).map_err(|e| at_path(e, path))?))
             }
             OpenKind::Object { keys, key, .. } => {
                 let k = keys.element(i).map_err(|e| at_path(e, path))?;
-                *key = k.string().map_err(|e| at_path(e, path))?;
+                *key = match k.short_string(&mut self.scratch).map_err(|e| at_path(e, path))? {
+                    Some(s) => s,
+                    None => k.string().map_err(|e| at_path(e, path))?,
+                };
                 self.spend(key.len() + 3, path)?;
                 path.push('.');
                 path.push_str(key);
@@ -614,6 +675,24 @@ impl JsonWalker {
             }
         }
     }
+}
+
+/// Append `[i]` to `path` (once per array element read: no `fmt` machinery).
+fn push_index(path: &mut String, i: u32) {
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = i;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    path.push('[');
+    path.extend(digits[at..].iter().map(|&d| d as char));
+    path.push(']');
 }
 
 /// A read that threw (`reading … threw: …`) names the field it was reading.
