@@ -95,7 +95,8 @@ test('OpenAI embeddings: the official client, float and base64, dimensions, toke
     [{ model: MODEL, input: [[101, -1]] }, 400, 'E_INVALID_ARG', 'input'],
     [{ model: MODEL, input: [[101, 999999]] }, 400, 'E_INVALID_ARG', null],
     [{ model: MODEL, input: 'x', dimensionz: 3 }, 400, 'E_INVALID_ARG', 'dimensionz'],
-    [{ input: 'x' }, 400, 'E_INVALID_ARG', 'model'],
+    [{ model: '', input: 'x' }, 400, 'E_INVALID_ARG', 'model'],
+    [{ model: 7, input: 'x' }, 400, 'E_INVALID_ARG', 'model'],
   ]
   for (const [body, status, code, param] of cases) {
     const err = await client.embeddings.create(body).then(
@@ -115,6 +116,10 @@ test('OpenAI embeddings: the official client, float and base64, dimensions, toke
   res = await fetch(`${svc.url}/v1/embeddings`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{}' })
   assert.equal(res.status, 415)
   assert.equal((await res.json()).error.code, 'E_UNSUPPORTED_MEDIA_TYPE')
+  // Without `model`: the served model (as text-embeddings-inference allows).
+  const plain = await (await postJson(svc.url, '/v1/embeddings', { input: TEXTS[0], encoding_format: 'float' })).json()
+  assert.equal(plain.model, MODEL)
+  assert.equal(maxDiff(Float32Array.from(plain.data[0].embedding), ref[0]), 0)
   // GET /v1/models lists the served model.
   const models = await client.models.list()
   assert.deepEqual(models.data.map((m) => m.id), [MODEL])

@@ -21,7 +21,8 @@ export function parseEmbeddingsRequest(body, bad) {
   if (body === null || typeof body !== 'object' || Array.isArray(body)) throw bad('the body must be a JSON object like {"input": "...", "model": "..."}', null)
   for (const k of Object.keys(body)) if (!KEYS.includes(k)) throw bad(`unknown field \`${k}\` (fields: ${KEYS.join(', ')})`, k)
   const { input, model, encoding_format: format = 'float', dimensions } = body
-  if (typeof model !== 'string' || model === '') throw bad('`model` is required: the name of the served model (GET /v1/models lists it)', 'model')
+  // `model` may be left out (as text-embeddings-inference allows): the served model.
+  if (model !== undefined && (typeof model !== 'string' || model === '')) throw bad('`model` must be the name of the served model (GET /v1/models lists it), or left out', 'model')
   if (format !== 'float' && format !== 'base64') throw bad(`\`encoding_format\` must be "float" or "base64", got ${JSON.stringify(format)}`, 'encoding_format')
   if (dimensions !== undefined && dimensions !== null && !(Number.isSafeInteger(dimensions) && dimensions >= 1))
     throw bad(`\`dimensions\` must be a positive integer, got ${JSON.stringify(dimensions)}`, 'dimensions')
@@ -147,7 +148,7 @@ export function openaiRoutes(svc) {
     const body = await svc.readJson(req, ctx)
     const parsed = parseEmbeddingsRequest(body, bad)
     const model = await svc.served()
-    if (!servesModel(parsed.model, model.name))
+    if (parsed.model !== undefined && !servesModel(parsed.model, model.name))
       throw svc.httpError(404, 'E_UNKNOWN_MODEL', `the model \`${parsed.model}\` is not served here (this service serves \`${model.name}\`)`, { param: 'model' })
     if (parsed.dimensions !== null && parsed.dimensions > model.dims)
       throw bad(`\`dimensions\` is ${parsed.dimensions}, over the model's ${model.dims}`, 'dimensions')
