@@ -72,17 +72,9 @@ main_tgz=$tmp/dist/cuda-engine-$version.tgz
 platform_tgz=$tmp/dist/cuda-engine-linux-x64-gnu-$version.tgz
 [ -f "$main_tgz" ] && [ -f "$platform_tgz" ] || fail "scripts/artifacts.sh made no $main_tgz and $platform_tgz"
 
-# 3. A PATH with node and npm and the base system, without cargo or rustc (as scripts/test-registry.sh).
-mkdir -p "$tmp/bin"
-for t in node npm npx; do ln -s "$(command -v $t)" "$tmp/bin/$t"; done
-userpath=$tmp/bin:/usr/local/bin:/usr/bin:/bin
-if PATH=$userpath command -v cargo >/dev/null || PATH=$userpath command -v rustc >/dev/null; then
-  userpath=$tmp/bin:/bin
-  for t in sh env; do [ -e "$tmp/bin/$t" ] || ln -s "$(command -v $t)" "$tmp/bin/$t"; done
-fi
-if PATH=$userpath command -v cargo >/dev/null || PATH=$userpath command -v rustc >/dev/null; then
-  fail "cannot build a PATH without cargo/rustc"
-fi
+# 3. A PATH with node and npm and the base system, without cargo or rustc.
+source "$repo/scripts/no-cargo-path.sh"
+userpath=$(no_cargo_path "$tmp") || fail "cannot build a PATH without cargo/rustc"
 
 # 4. Each example in a fresh folder: its files (no node_modules, build output or
 # lock file), cuda-engine and the platform package from the tarballs, the

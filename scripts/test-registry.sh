@@ -93,16 +93,8 @@ for f in "$tmp/dist"/cuda-engine-linux-*.tgz "$tmp/dist/cuda-engine-$version.tgz
 done
 
 # 3. A PATH with node and npm and the base system, without cargo or rustc.
-mkdir -p "$tmp/bin"
-for t in node npm npx; do ln -s "$(command -v $t)" "$tmp/bin/$t"; done
-userpath=$tmp/bin:/usr/local/bin:/usr/bin:/bin
-if PATH=$userpath command -v cargo >/dev/null || PATH=$userpath command -v rustc >/dev/null; then
-  userpath=$tmp/bin:/bin
-  for t in sh env; do [ -e "$tmp/bin/$t" ] || ln -s "$(command -v $t)" "$tmp/bin/$t"; done
-fi
-if PATH=$userpath command -v cargo >/dev/null || PATH=$userpath command -v rustc >/dev/null; then
-  echo "registry-test: cannot build a PATH without cargo/rustc" >&2; exit 1
-fi
+source "$repo/scripts/no-cargo-path.sh"
+userpath=$(no_cargo_path "$tmp") || { echo "registry-test: cannot build a PATH without cargo/rustc" >&2; exit 1; }
 
 app=$tmp/app
 mkdir -p "$app"
