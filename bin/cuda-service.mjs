@@ -364,9 +364,8 @@ export async function startService(config) {
     }
   }
 
-  const svc = { engine, served, ready, readJson, requireJson, httpError, abortOnClose, statusFor, version: VERSION, startStream }
-  svc.send = (res, status, body, headers) => send(res, status, body, headers)
-  svc.sendText = (res, status, text, headers) => sendText(res, status, text, headers)
+  // What the route modules (service/*.mjs) use; send, sendText and getOnly are hoisted below.
+  const svc = { engine, served, ready, readJson, requireJson, httpError, abortOnClose, statusFor, version: VERSION, startStream, send, sendText, getOnly }
 
   /** The :8096 routes. */
   const legacyRoutes = [

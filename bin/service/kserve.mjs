@@ -26,7 +26,7 @@ export function inferResponseJson(r) {
   return `${JSON.stringify(head).slice(0, -1)},"outputs":[${outputs.join(',')}]}`
 }
 
-/** `svc`: { engine, served, readJson, requireJson, httpError, abortOnClose, send, sendText, ready, version }. */
+/** `svc`: { engine, readJson, requireJson, httpError, abortOnClose, send, sendText, getOnly, ready, version }. */
 export function kserveRoutes(svc) {
   const notFound = (name, version, served) =>
     svc.httpError(404, 'E_UNKNOWN_MODEL', `no model ${JSON.stringify(name)}${version ? ` version ${JSON.stringify(version)}` : ''} here (this server serves ${JSON.stringify(served)} version "1")`)
@@ -72,14 +72,18 @@ export function kserveRoutes(svc) {
     return svc.sendText(res, 200, inferResponseJson(r))
   }
 
-  const get = (handler) => (req, res, ctx, url) => {
-    if (req.method !== 'GET' && req.method !== 'HEAD') throw svc.httpError(405, 'E_INVALID_ARG', `use GET ${url.pathname}`, { allow: 'GET, HEAD' })
-    return handler(req, res, ctx, url)
-  }
+  const get = svc.getOnly
   return [
     { path: '/v2', handler: get((_q, res) => svc.send(res, 200, { name: 'cuda-engine', version: svc.version, extensions: [] })) },
     { path: '/v2/health/live', open: true, handler: get((_q, res) => svc.send(res, 200, { live: true })) },
     { path: '/v2/health/ready', handler: get((_q, res) => svc.send(res, svc.ready() ? 200 : 503, { ready: svc.ready() })) },
-    { match: (p) => MODEL_PATH.test(p), route: (p) => `/v2/models/{name}${MODEL_PATH.exec(p)[2] ? '/versions/{version}' : ''}${MODEL_PATH.exec(p)[3] ?? ''}`, handler: byModel },
+    {
+      match: (p) => MODEL_PATH.test(p),
+      route: (p) => {
+        const [, , version, action = ''] = MODEL_PATH.exec(p)
+        return `/v2/models/{name}${version ? '/versions/{version}' : ''}${action}`
+      },
+      handler: byModel,
+    },
   ]
 }
