@@ -26,7 +26,7 @@ export function inferResponseJson(r) {
   return `${JSON.stringify(head).slice(0, -1)},"outputs":[${outputs.join(',')}]}`
 }
 
-/** `svc`: { engine, readJson, requireJson, httpError, abortOnClose, send, sendText, getOnly, ready, version }. */
+/** `svc`: { engine, served, readJson, requireJson, httpError, abortOnClose, send, sendText, getOnly, ready, version }. */
 export function kserveRoutes(svc) {
   const notFound = (name, version, served) =>
     svc.httpError(404, 'E_UNKNOWN_MODEL', `no model ${JSON.stringify(name)}${version ? ` version ${JSON.stringify(version)}` : ''} here (this server serves ${JSON.stringify(served)} version "1")`)
@@ -37,6 +37,14 @@ export function kserveRoutes(svc) {
     const m = all.find((x) => x.name === name)
     if (!m || (version !== undefined && !m.versions.includes(version))) throw notFound(name, version, all.map((x) => x.name).join(', '))
     return m
+  }
+
+  /** Throws the 404 unless the path names the served model (version "1" or none):
+   * the check of the hot routes, from the service's cached name instead of a
+   * models() call per request. */
+  async function checkServed(name, version) {
+    const served = await svc.served()
+    if (name !== served.name || (version !== undefined && version !== '1')) throw notFound(name, version, served.name)
   }
 
   async function byModel(req, res, ctx, url) {
@@ -53,8 +61,9 @@ export function kserveRoutes(svc) {
     if (req.method !== want && !(want === 'GET' && req.method === 'HEAD'))
       throw svc.httpError(405, 'E_INVALID_ARG', `use ${want} ${url.pathname}`, { allow: want })
     if (action === '/ready') {
-      const ok = svc.ready() && (await model(name, version)) !== undefined
-      return svc.send(res, ok ? 200 : 503, { name, ready: ok })
+      const ready = svc.ready()
+      if (ready) await checkServed(name, version)
+      return svc.send(res, ready ? 200 : 503, { name, ready })
     }
     if (action === '') {
       const meta = await model(name, version)
@@ -65,7 +74,7 @@ export function kserveRoutes(svc) {
     if (body === null || typeof body !== 'object' || Array.isArray(body)) throw svc.httpError(400, 'E_INVALID_ARG', 'the body must be a JSON inference request: {"inputs": [...]}')
     for (const k of ['model_name', 'model_version'])
       if (k in body) throw svc.httpError(400, 'E_INVALID_ARG', `\`${k}\` is not a body field here: the path names the model`)
-    await model(name, version)
+    await checkServed(name, version)
     const request = { ...body, model_name: name, ...(version !== undefined ? { model_version: version } : {}) }
     // target 'local': a REST request names the model this service loaded, never a worker's.
     const r = await svc.engine.infer(request, { signal: svc.abortOnClose(res), target: 'local' })
