@@ -1305,7 +1305,7 @@ impl Engine {
         let model = lock(&self.embedder).take();
         drop(model);
         std::mem::take(&mut *lock(&self.indexes));
-        release_freed_memory();
+        crate::backend::release_freed_memory();
     }
 
     /// The first step of `close`, synchronous: from now on every call is
@@ -1337,19 +1337,6 @@ impl Engine {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
-    }
-}
-
-/// Give freed heap memory back to the OS. The weights (~90 MB fp32 for
-/// MiniLM) are many large blocks; glibc keeps freed blocks in its arenas
-/// (its mmap threshold rises after the first large free), so without this a
-/// closed engine's memory stayed resident: 5 engines opened together then
-/// closed left 250 MB. `malloc_trim` returns the free pages of every arena.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -111,6 +111,8 @@ pub struct CpuBackend {
     typ: Vec<f32>,
     emb_ln: (Vec<f32>, Vec<f32>),
     layers: Vec<CpuLayer>,
+    /// Last: trims the heap once the weights above are freed.
+    _release_memory: super::ReleaseMemoryOnDrop,
 }
 
 impl CpuBackend {
@@ -150,6 +152,7 @@ impl CpuBackend {
                 weights.embeddings_layer_norm.bias.data.clone(),
             ),
             layers,
+            _release_memory: super::ReleaseMemoryOnDrop,
         })
     }
 

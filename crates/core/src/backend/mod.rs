@@ -33,6 +33,33 @@ use crate::error::Result;
 pub mod cpu;
 pub mod cuda;
 
+/// Give freed heap memory back to the OS. The weights (~90 MB fp32 for
+/// MiniLM) are many large blocks; glibc keeps freed blocks in its arenas
+/// (its mmap threshold rises after the first large free), so without this a
+/// closed engine's memory stayed resident: 5 engines opened together then
+/// closed left 250 MB. `malloc_trim` returns the free pages of every arena.
+pub(crate) fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Calls [`release_freed_memory`] when dropped. Declared as a backend's last
+/// field it runs after the weights are freed, on whichever thread drops the
+/// last handle: the batcher's thread can outlive `Engine::close` by a few
+/// milliseconds, and a trim run by `close` before that free left ~45 MB
+/// resident per closed engine.
+#[derive(Default)]
+pub(crate) struct ReleaseMemoryOnDrop;
+
+impl Drop for ReleaseMemoryOnDrop {
+    fn drop(&mut self) {
+        release_freed_memory();
+    }
+}
+
 /// A packed batch of tokenized sequences (no padding).
 ///
 /// Invariants (checked by [`TokenBatch::validate`]):
