@@ -9,7 +9,13 @@
 // (POST /api/v1/submit), and Python tritonclient (ModelInfer; when
 // .venv-grpc exists, scripts/python-grpc-env.sh).
 //
-//   node bench/grpc/embed.mjs [--model DIR] [--device cpu|cuda] [--single N] [--batches N] [--json FILE] [--server-args A,B]
+//   node bench/grpc/embed.mjs [--model DIR] [--device cpu|cuda] [--single N] [--batches N] [--json FILE] [--server-args A,B] [--only single]
+//
+// The single-text part also times grpc.health.v1 Check through the same
+// grpc-js channel: an RPC the server answers without work, so its p50 is
+// the transport's floor (HTTP/2 on loopback plus grpc-js's client-side
+// call path), and `beyond_floor_p50_ms` is what Embed adds over in-process
+// embed beyond that floor. The single-text paths are timed interleaved.
 import { spawn, spawnSync } from 'node:child_process'
 import { createRequire } from 'node:module'
 import fs from 'node:fs'
@@ -32,12 +38,13 @@ const workerBin = opt('--worker', path.join(root, 'target/release/cuda-worker'))
 // Extra server flags, comma-separated (e.g. --server-args --grpc-gzip-responses
 // to measure compressed answers against the default in the same machine run).
 const serverArgs = (opt('--server-args', '') || '').split(',').filter(Boolean)
+const only = opt('--only')
 
 const { Engine } = require(path.join(root, 'index.js'))
 const grpc = require('@grpc/grpc-js')
 const protoLoader = require('@grpc/proto-loader')
 const pkg = grpc.loadPackageDefinition(
-  protoLoader.loadSync(['cuda_engine/v1/engine.proto'], {
+  protoLoader.loadSync(['cuda_engine/v1/engine.proto', 'grpc/health/v1/health.proto'], {
     includeDirs: [path.join(root, 'proto')],
     keepCase: true,
     longs: String,
@@ -60,15 +67,18 @@ const pct = (xs, p) => {
   const s = [...xs].sort((a, b) => a - b)
   return +s[Math.min(s.length - 1, Math.floor((s.length * p) / 100))].toFixed(3)
 }
-async function latency(fn, n = singleN) {
-  for (let i = 0; i < 50; i++) await fn()
-  const xs = []
+async function interleaved(paths, n = singleN) {
+  const names = Object.keys(paths)
+  const xs = Object.fromEntries(names.map((k) => [k, []]))
+  for (let i = 0; i < 50; i++) for (const k of names) await paths[k]()
   for (let i = 0; i < n; i++) {
-    const t = ms()
-    await fn()
-    xs.push(ms() - t)
+    for (const k of names) {
+      const t = ms()
+      await paths[k]()
+      xs[k].push(ms() - t)
+    }
   }
-  return { p50_ms: pct(xs, 50), p99_ms: pct(xs, 99), n }
+  return Object.fromEntries(names.map((k) => [k, { p50_ms: pct(xs[k], 50), p99_ms: pct(xs[k], 99), n }]))
 }
 async function throughput(fn, texts, n = batchesN) {
   await fn()
@@ -121,7 +131,13 @@ const http = await startHttp()
 // A CPU batch of 512 on a busy machine can pass the default 30 s.
 const remote = await Engine.open({ remote: { endpoints: [`grpc://${server.addr}`], maxMessageBytes: 128 << 20, model: path.basename(model), timeoutMs: 600_000 } })
 const creds = grpc.credentials.createInsecure()
-const gjs = new pkg.cuda_engine.v1.Engine(server.addr, creds, { 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 })
+const gjsOptions = { 'grpc.max_receive_message_length': -1, 'grpc.max_send_message_length': -1 }
+const gjs = new pkg.cuda_engine.v1.Engine(server.addr, creds, gjsOptions)
+// Same channel options, on the same channel (grpc-js shares a channel per
+// target and options), for the floor.
+const gjsHealth = new pkg.grpc.health.v1.Health(server.addr, creds, gjsOptions)
+// grpc-js buffers every message for a possible retry unless told not to.
+const gjsNoRetry = new pkg.cuda_engine.v1.Engine(server.addr, creds, { ...gjsOptions, 'grpc.enable_retries': 0 })
 const post = async (body) => {
   const r = await fetch(`${http.url}/api/v1/submit`, { method: 'POST', headers: { 'content-type': 'application/json' }, body })
   if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${await r.text()}`)
@@ -134,12 +150,22 @@ try {
   await unary(gjs, 'Embed', { texts: [SHORT] })
   await post(JSON.stringify({ type: 'embedding', payload: { texts: [SHORT] } }))
 
+  // Interleaved: each round times one call of every path in turn, so a
+  // drift in machine load (2 cores shared with the server) lands on all of
+  // them alike instead of on whichever ran last.
   const r = results.single_text
-  r.in_process = await latency(() => local.embed([SHORT]))
-  r.remote_client = await latency(() => remote.embed([SHORT], { target: 'remote' }))
-  r.grpc_js_embed = await latency(() => unary(gjs, 'Embed', { texts: [SHORT] }))
-  r.http_submit = await latency(() => post(JSON.stringify({ type: 'embedding', payload: { texts: [SHORT] } })))
-  for (const k of ['remote_client', 'grpc_js_embed', 'http_submit']) r[k].added_p50_ms = +(r[k].p50_ms - r.in_process.p50_ms).toFixed(3)
+  const paths = {
+    in_process: () => local.embed([SHORT]),
+    remote_client: () => remote.embed([SHORT], { target: 'remote' }),
+    grpc_js_embed: () => unary(gjs, 'Embed', { texts: [SHORT] }),
+    grpc_js_embed_no_retries: () => unary(gjsNoRetry, 'Embed', { texts: [SHORT] }),
+    grpc_js_health_check: () => unary(gjsHealth, 'Check', { service: '' }),
+    http_submit: () => post(JSON.stringify({ type: 'embedding', payload: { texts: [SHORT] } })),
+  }
+  Object.assign(r, await interleaved(paths))
+  for (const k of ['remote_client', 'grpc_js_embed', 'grpc_js_embed_no_retries', 'http_submit']) r[k].added_p50_ms = +(r[k].p50_ms - r.in_process.p50_ms).toFixed(3)
+  for (const k of ['grpc_js_embed', 'grpc_js_embed_no_retries']) r[k].beyond_floor_p50_ms = +(r[k].added_p50_ms - r.grpc_js_health_check.p50_ms).toFixed(3)
+  if (only === 'single') throw Object.assign(new Error('only single'), { onlySingle: true })
 
   const b = results.batch_512
   b.in_process = await throughput(() => local.embed(batch512), 512)
@@ -216,8 +242,12 @@ try {
   } else {
     results.tritonclient = 'SKIPPED: no .venv-grpc (bash scripts/python-grpc-env.sh)'
   }
+} catch (e) {
+  if (!e.onlySingle) throw e
 } finally {
   gjs.close()
+  gjsHealth.close()
+  gjsNoRetry.close()
   await remote.close()
   await local.close()
   server.proc.kill('SIGTERM')
