@@ -574,7 +574,10 @@ export declare class Engine {
   close(options?: CloseOptions): Promise<void>
 }
 
-/** An exact vector index on a GPU or the CPU. */
+/**
+ * An exact vector index on a GPU or the CPU (with `isolation: 'process'`,
+ * a host copy here and the search copy in the isolated process).
+ */
 export declare class VectorIndex {
   /**
    * Create an empty index: `{ dims, metric?, dtype?, device?, capacity?,
@@ -621,7 +624,10 @@ export declare class VectorIndex {
   get metric(): string
   /** `'fp16'` or `'fp32'`. */
   get dtype(): string
-  /** `'cpu'` or `'cuda:N'`. */
+  /**
+   * `'cpu'` or `'cuda:N'`: where searches run (with `isolation:
+   * 'process'`, the isolated process's copy).
+   */
   get device(): string
   /**
    * Counts and sizes: `{ dims, metric, dtype, device, count, capacity,

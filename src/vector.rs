@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use cuda_engine_core::isolated_index::EngineIndex;
 use cuda_engine_core::metrics::CallType;
 use cuda_engine_core::options::{self, IndexOptions};
 use cuda_engine_core::vector::request::{SearchQuery, SearchRequest};
@@ -31,18 +32,23 @@ const SEARCH_OPTIONS: &[&str] = &["k", "namespace"];
 /// `engine.search` options: the search's and the call's.
 const ENGINE_SEARCH_OPTIONS: &[&str] = &["index", "k", "namespace", "signal", "timeoutMs"];
 
-/// An exact vector index on a GPU or the CPU.
+/// An exact vector index on a GPU or the CPU (with `isolation: 'process'`,
+/// a host copy here and the search copy in the isolated process).
 #[napi]
 pub struct VectorIndex {
-    pub(crate) inner: Arc<CoreIndex>,
+    pub(crate) inner: EngineIndex,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| CoreError::internal(format!("vector index task failed: {e}")))?
 }
 
-fn index_to_js(env: &Env, inner: Arc<CoreIndex>) -> napi::Result<Unknown<'_>> {
+fn index_to_js(env: &Env, inner: EngineIndex) -> napi::Result<Unknown<'_>> {
     Ok(VectorIndex { inner }.into_instance(env)?.as_object(env).to_unknown())
+}
+
+fn local_to_js(env: &Env, inner: Arc<CoreIndex>) -> napi::Result<Unknown<'_>> {
+    index_to_js(env, EngineIndex::Local(inner))
 }
 
 fn raw(env: &Env, v: &Unknown<'_>) -> JsVal {
@@ -62,7 +68,7 @@ impl VectorIndex {
             env,
             Ok(ParsedCall::default()),
             move |_| blocking(move || CoreIndex::create(config?, None)),
-            index_to_js,
+            local_to_js,
         )
     }
 
@@ -101,11 +107,9 @@ impl VectorIndex {
         spawn_job(
             env,
             Ok(ParsedCall::default()),
-            move |_| {
-                blocking(move || {
-                    let (ids, values, namespaces) = args?;
-                    index.upsert(ids, values, namespaces)
-                })
+            move |_| async move {
+                let (ids, values, namespaces) = args?;
+                index.upsert(ids, values, namespaces).await
             },
             |env, ()| ().into_unknown(env),
         )
@@ -123,7 +127,7 @@ impl VectorIndex {
         spawn_job(
             env,
             Ok(ParsedCall::default()),
-            move |_| blocking(move || index.remove(&ids?)),
+            move |_| async move { index.remove(ids?).await },
             |env, n| (n as f64).into_unknown(env),
         )
     }
@@ -138,7 +142,7 @@ impl VectorIndex {
     pub fn get<'e>(&self, env: &'e Env, ids: Unknown<'e>) -> napi::Result<PromiseRaw<'e, Unknown<'e>>> {
         let ids = read_ids(raw(env, &ids), "ids");
         let index = self.inner.clone();
-        spawn_job(env, Ok(ParsedCall::default()), move |_| blocking(move || index.get(&ids?)), stored_to_js)
+        spawn_job(env, Ok(ParsedCall::default()), move |_| async move { index.get(ids?).await }, stored_to_js)
     }
 
     /// The best `k` vectors for each query (`queries`: one Float32Array of
@@ -167,11 +171,10 @@ impl VectorIndex {
         spawn_job(
             env,
             Ok(ParsedCall::default()),
-            move |_| {
-                blocking(move || {
-                    let (values, k, namespace) = args?;
-                    index.search(values, k, namespace.as_deref())
-                })
+            move |_| async move {
+                let (values, k, namespace) = args?;
+                let count = values.len() / dims;
+                index.search(SearchQuery::Vectors { values, count }, k, namespace, Default::default()).await
             },
             move |env, hits| hits_to_js(env, hits, kind, false),
         )
@@ -192,16 +195,14 @@ impl VectorIndex {
         spawn_job(
             env,
             Ok(ParsedCall::default()),
-            move |_| {
-                blocking(move || {
-                    let saved = index.save(&path?)?;
-                    Ok(serde_json::json!({
-                        "path": saved.path.display().to_string(),
-                        "bytes": saved.bytes,
-                        "count": saved.count,
-                        "sha256": saved.sha256,
-                    }))
-                })
+            move |_| async move {
+                let saved = index.save(path?).await?;
+                Ok(serde_json::json!({
+                    "path": saved.path.display().to_string(),
+                    "bytes": saved.bytes,
+                    "count": saved.count,
+                    "sha256": saved.sha256,
+                }))
             },
             |env, v| crate::convert::json_to_js(env, &v),
         )
@@ -226,7 +227,7 @@ impl VectorIndex {
             env,
             Ok(ParsedCall::default()),
             move |_| blocking(move || CoreIndex::load(&path?, device?, None)),
-            index_to_js,
+            local_to_js,
         )
     }
 
@@ -254,10 +255,11 @@ impl VectorIndex {
         self.inner.config().dtype.as_str()
     }
 
-    /// `'cpu'` or `'cuda:N'`.
+    /// `'cpu'` or `'cuda:N'`: where searches run (with `isolation:
+    /// 'process'`, the isolated process's copy).
     #[napi(getter)]
     pub fn device(&self) -> String {
-        self.inner.placement().label()
+        self.inner.device()
     }
 
     /// Counts and sizes: `{ dims, metric, dtype, device, count, capacity,

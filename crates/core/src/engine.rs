@@ -19,6 +19,7 @@ use crate::error::{CoreError, ErrorCode, Result};
 use crate::grpc::client::RemoteClient;
 use crate::health::{Health, IndexHealth, QueueHealth, Status, WorkerStatus};
 use crate::infer::{self, InferRequest, InferResponse, ModelMetadata};
+use crate::isolated_index::{EngineIndex, IsolatedIndex};
 use crate::isolation::{Isolated, IsolationHealth};
 use crate::jobs::{BackendKind, JobOutput, JobResult, JobType, Target, Timings};
 use crate::metrics::{
@@ -27,7 +28,7 @@ use crate::metrics::{
 };
 pub use crate::options::{EngineConfig, Isolation, ModelLoading};
 use crate::vector::request::{results_to_json, SearchQuery, SearchRequest};
-use crate::vector::{GpuPlacement, IndexConfig, Placement, SearchHits, VectorIndex};
+use crate::vector::{GpuPlacement, IndexConfig, SearchHits, VectorIndex};
 use crate::worker::{Worker, WorkerConfig, WorkerMode};
 
 /// Envelopes bigger than this are decoded on a blocking thread so a large
@@ -107,9 +108,11 @@ pub struct Engine {
     worker: tokio::sync::OnceCell<Arc<Worker>>,
     /// `isolation: 'process'`: the supervised process the model runs in
     /// (then `embedder` stays None: nothing is loaded here).
-    isolated: Option<Isolated>,
-    /// Named vector indexes (`engine.createIndex`, `--index name=path`).
-    indexes: Mutex<std::collections::BTreeMap<String, Arc<VectorIndex>>>,
+    isolated: Option<Arc<Isolated>>,
+    /// Named vector indexes (`engine.createIndex`, `--index name=path`);
+    /// with isolation, host copies whose search copies live in the isolated
+    /// process (`crate::isolated_index`).
+    indexes: Mutex<std::collections::BTreeMap<String, EngineIndex>>,
     /// `EngineOptions.remote`: the remote Open Inference Protocol client
     /// (connects on first use).
     remote: Option<Arc<RemoteClient>>,
@@ -199,7 +202,7 @@ impl Engine {
             let _ = worker.set(Arc::new(Worker::new(cfg.clone())?));
         }
         let isolated = match config.isolation.mode {
-            Isolation::Process => Some(Isolated::new(&config.isolation, &config.base_dir)?),
+            Isolation::Process => Some(Arc::new(Isolated::new(&config.isolation, &config.base_dir)?)),
             Isolation::InProcess => None,
         };
         let remote = config.remote.clone().map(RemoteClient::new).transpose()?.map(Arc::new);
@@ -299,7 +302,7 @@ impl Engine {
             .get()
             .map(|w| w.health())
             .map_or(WorkerGauge::default(), |h| WorkerGauge { restarts: h.restarts, in_flight: h.in_flight as u64 });
-        let named: Vec<(String, Arc<VectorIndex>)> =
+        let named: Vec<(String, EngineIndex)> =
             lock(&self.indexes).iter().map(|(n, i)| (n.clone(), i.clone())).collect();
         let indexes = named
             .into_iter()
@@ -465,14 +468,54 @@ impl Engine {
     /// Create a named vector index on this engine. `device: 'auto'` puts it
     /// where the model runs (on that GPU's executor) when the model is
     /// loaded, else on CUDA device 0 when there is one, else on the CPU.
-    pub async fn create_index(&self, name: &str, mut config: IndexConfig) -> Result<Arc<VectorIndex>> {
+    /// With `isolation: 'process'` the search copy is created in the
+    /// isolated process (next to its model) and a CPU host copy here.
+    pub async fn create_index(&self, name: &str, mut config: IndexConfig) -> Result<EngineIndex> {
         self.check_index_name(name)?;
+        if let Some(iso) = &self.isolated {
+            self.check_index_free(name)?;
+            let index = IsolatedIndex::create(name, config, iso.clone(), self.index_chunk_bytes()).await?;
+            return self.add_isolated(name, index);
+        }
         let gpu = self.index_placement(&mut config.device);
         let index = tokio::task::spawn_blocking(move || VectorIndex::create(config, gpu))
             .await
             .map_err(|e| CoreError::internal(format!("index creation task failed: {e}")))??;
         self.add_index(name, index.clone())?;
-        Ok(index)
+        Ok(EngineIndex::Local(index))
+    }
+
+    /// Most bytes of rows in one request to the isolated process: its
+    /// reader takes frames of `maxEnvelopeBytes` plus 1 MiB (so one row of
+    /// at most ~18 KiB always fits beyond this).
+    fn index_chunk_bytes(&self) -> usize {
+        self.config.limits.max_envelope_bytes
+    }
+
+    fn check_index_free(&self, name: &str) -> Result<()> {
+        let all = lock(&self.indexes);
+        if all.contains_key(name) {
+            return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
+        }
+        if all.len() >= MAX_INDEXES {
+            return Err(err!(TooLarge, "an engine holds at most {MAX_INDEXES} named indexes"));
+        }
+        Ok(())
+    }
+
+    /// Register an isolated index; when the name was taken meanwhile (or
+    /// the engine closed), its isolated copy is dropped again.
+    fn add_isolated(&self, name: &str, index: Arc<IsolatedIndex>) -> Result<EngineIndex> {
+        let added = self.check_index_name(name).and_then(|()| {
+            self.check_index_free(name)?;
+            lock(&self.indexes).insert(name.to_string(), EngineIndex::Isolated(index.clone()));
+            Ok(())
+        });
+        if let Err(e) = added {
+            index.detach();
+            return Err(e);
+        }
+        Ok(EngineIndex::Isolated(index))
     }
 
     /// The GPU executor an index of this engine should use, with `auto`
@@ -492,23 +535,29 @@ impl Engine {
     }
 
     /// Load an index file (docs/vector-search-format.md) as the index named
-    /// `name`, placed as `create_index` places one.
-    pub async fn load_index(
-        &self,
-        name: &str,
-        path: PathBuf,
-        mut device: DevicePreference,
-    ) -> Result<Arc<VectorIndex>> {
+    /// `name`, placed as `create_index` places one. With `isolation:
+    /// 'process'` the file is read here (the host copy) and its rows are
+    /// copied into the isolated process.
+    pub async fn load_index(&self, name: &str, path: PathBuf, mut device: DevicePreference) -> Result<EngineIndex> {
         self.check_index_name(name)?;
         if self.index(name).is_some() {
             return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
+        }
+        if let Some(iso) = &self.isolated {
+            self.check_index_free(name)?;
+            let host = tokio::task::spawn_blocking(move || VectorIndex::load(&path, DevicePreference::Cpu, None))
+                .await
+                .map_err(|e| CoreError::internal(format!("index loading task failed: {e}")))??;
+            let child = IndexConfig { device, ..host.config().clone() };
+            let index = IsolatedIndex::from_host(name, host, child, iso.clone(), self.index_chunk_bytes()).await?;
+            return self.add_isolated(name, index);
         }
         let gpu = self.index_placement(&mut device);
         let index = tokio::task::spawn_blocking(move || VectorIndex::load(&path, device, gpu))
             .await
             .map_err(|e| CoreError::internal(format!("index loading task failed: {e}")))??;
         self.add_index(name, index.clone())?;
-        Ok(index)
+        Ok(EngineIndex::Local(index))
     }
 
     fn check_index_name(&self, name: &str) -> Result<()> {
@@ -524,16 +573,12 @@ impl Engine {
         if self.is_closed() {
             return Err(err!(Closed, "this Engine is closed; open a new one"));
         }
-        if self.isolated.is_some() {
-            return Err(err!(
-                InvalidArg,
-                "vector indexes are not available with `isolation: 'process'` yet (docs/vector-search.md)"
-            ));
-        }
         Ok(())
     }
 
-    /// Register an index (e.g. one loaded from a file) under `name`.
+    /// Register an index (e.g. one loaded from a file) under `name`. With
+    /// `isolation: 'process'` it is searched here, not in the isolated
+    /// process (use `create_index`/`load_index` for that).
     pub fn add_index(&self, name: &str, index: Arc<VectorIndex>) -> Result<()> {
         self.check_index_name(name)?;
         let mut all = lock(&self.indexes);
@@ -543,22 +588,27 @@ impl Engine {
         if all.len() >= MAX_INDEXES {
             return Err(err!(TooLarge, "an engine holds at most {MAX_INDEXES} named indexes"));
         }
-        all.insert(name.to_string(), index);
+        all.insert(name.to_string(), EngineIndex::Local(index));
         Ok(())
     }
 
     /// The index named `name`, if any.
-    pub fn index(&self, name: &str) -> Option<Arc<VectorIndex>> {
+    pub fn index(&self, name: &str) -> Option<EngineIndex> {
         lock(&self.indexes).get(name).cloned()
     }
 
     /// Forget the index named `name` (its memory goes when no caller holds
-    /// it); true when there was one.
+    /// it; an isolated copy is dropped in the background); true when there
+    /// was one.
     pub fn drop_index(&self, name: &str) -> bool {
-        lock(&self.indexes).remove(name).is_some()
+        let dropped = lock(&self.indexes).remove(name);
+        if let Some(EngineIndex::Isolated(i)) = &dropped {
+            i.detach();
+        }
+        dropped.is_some()
     }
 
-    fn named_index(&self, name: &str) -> Result<Arc<VectorIndex>> {
+    fn named_index(&self, name: &str) -> Result<EngineIndex> {
         self.index(name).ok_or_else(|| {
             let names: Vec<String> = lock(&self.indexes).keys().cloned().collect();
             err!(
@@ -593,11 +643,7 @@ impl Engine {
         req: SearchRequest,
         call: CallOptions,
     ) -> Result<Vec<SearchHits>> {
-        let backend = match self.index(&req.index).map(|i| i.placement()) {
-            Some(Placement::Cpu) => RunBackend::Cpu,
-            Some(_) => RunBackend::Cuda,
-            None => self.default_backend(),
-        };
+        let backend = self.index(&req.index).map_or(self.default_backend(), |i| i.run_backend());
         let timer = self.metrics.start(CallType::Search, backend, call.issued);
         let r = self.search_guarded(pre, req, call).await;
         timer.finish(r.as_ref().err().map(|e| e.code));
@@ -621,9 +667,11 @@ impl Engine {
     async fn vector_search(&self, req: SearchRequest, cancel: CancellationToken) -> Result<Vec<SearchHits>> {
         let index = self.named_index(&req.index)?;
         let dims = index.config().dims;
-        let values = match req.query {
-            SearchQuery::Vectors { values, .. } => values,
-            SearchQuery::Texts(texts) => {
+        let query = match (req.query, &index) {
+            // The isolated process embeds the texts itself: no vectors cross
+            // the pipe.
+            (texts @ SearchQuery::Texts(_), EngineIndex::Isolated(_)) => texts,
+            (SearchQuery::Texts(texts), EngineIndex::Local(_)) => {
                 let embedder = self.embedder().await?;
                 if embedder.info().dims != dims {
                     return Err(err!(
@@ -633,14 +681,13 @@ impl Engine {
                         embedder.info().dims
                     ));
                 }
-                let vectors = embedder.embed(texts, EmbedOptions::default(), cancel).await?;
-                vectors.concat()
+                let vectors = embedder.embed(texts, EmbedOptions::default(), cancel.clone()).await?;
+                let count = vectors.len();
+                SearchQuery::Vectors { values: vectors.concat(), count }
             }
+            (vectors, _) => vectors,
         };
-        let (k, namespace) = (req.k, req.namespace);
-        tokio::task::spawn_blocking(move || index.search(values, k, namespace.as_deref()))
-            .await
-            .map_err(|e| CoreError::internal(format!("search task failed: {e}")))?
+        index.search(query, req.k, req.namespace, cancel).await
     }
 
     /// How this engine runs its model: `in-process` or `process`.
@@ -944,9 +991,9 @@ impl Engine {
                 };
                 let req = SearchRequest::from_json(&payload, self.config.embedder.max_texts_per_call)?;
                 let (index, k) = (req.index.clone(), req.k);
-                let placement = self.named_index(&index)?.placement();
+                let named = self.named_index(&index)?;
                 let hits = self.vector_search(req, call.cancel.clone()).await?;
-                let backend = if placement == Placement::Cpu { BackendKind::Cpu } else { BackendKind::Cuda };
+                let backend = named.backend();
                 (JobOutput::Json(results_to_json(&index, k, &hits)), "json", backend)
             }
             JobType::Other(_) => {
@@ -1241,7 +1288,7 @@ impl Engine {
             }
         }
         let isolated_report = isolation.health.as_ref();
-        let named: Vec<(String, Arc<VectorIndex>)> =
+        let named: Vec<(String, EngineIndex)> =
             lock(&self.indexes).iter().map(|(n, i)| (n.clone(), i.clone())).collect();
         let mut indexes = Vec::with_capacity(named.len());
         for (name, index) in named {

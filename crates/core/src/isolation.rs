@@ -57,6 +57,9 @@ struct LastHealth {
 pub struct Isolated {
     worker: Worker,
     last: Mutex<Option<LastHealth>>,
+    /// The runtime it was opened in: background clean-up (a dropped
+    /// index's copy) is spawned there from threads outside any runtime.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// `health().isolation`.
@@ -120,7 +123,8 @@ impl Isolated {
             }
         })?;
         worker.warm();
-        Ok(Isolated { worker, last: Mutex::new(None) })
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Ok(Isolated { worker, last: Mutex::new(None), runtime })
     }
 
     pub fn path(&self) -> PathBuf {
@@ -174,6 +178,37 @@ impl Isolated {
         match self.worker.run_wire(build, timeout, cancel).await? {
             (JobOutput::Bytes(b), _) => decode_infer_response(&b),
             (JobOutput::Json(v), _) => InferResponse::from_json(&v),
+        }
+    }
+
+    /// Send one request that only the supervisor writes (`build` gets the
+    /// wire id) and wait for its reply: the vector index copies
+    /// (`crate::isolated_index`).
+    pub async fn call(
+        &self,
+        build: impl FnOnce(u64) -> Result<Vec<u8>>,
+        timeout: Option<Duration>,
+        cancel: CancellationToken,
+    ) -> Result<(JobOutput, &'static str)> {
+        self.worker.run_wire(build, timeout, cancel).await
+    }
+
+    /// How many times the isolated process was restarted so far.
+    pub fn restarts(&self) -> u64 {
+        self.worker.restarts()
+    }
+
+    /// Whether the engine's `close` shut the process down for good.
+    pub fn is_shut_down(&self) -> bool {
+        self.worker.is_shut_down()
+    }
+
+    /// Run `fut` in the background on the runtime the engine opened in
+    /// (dropped when there is none).
+    pub fn spawn_background(&self, fut: impl std::future::Future<Output = ()> + Send + 'static) {
+        let handle = self.runtime.clone().or_else(|| tokio::runtime::Handle::try_current().ok());
+        if let Some(h) = handle {
+            h.spawn(fut);
         }
     }
 

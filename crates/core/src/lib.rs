@@ -26,6 +26,7 @@ pub mod envelope;
 pub mod grpc;
 pub mod health;
 pub mod infer;
+pub mod isolated_index;
 pub mod isolation;
 pub mod jobs;
 pub mod keys;

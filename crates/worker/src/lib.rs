@@ -5,10 +5,13 @@
 //!   `cuda-worker`, a gRPC server in `cuda-grpc-shim`;
 //! - `grpc`: `cuda-worker --grpc ADDR`, the engine as a gRPC server
 //!   (docs/grpc.md "Server");
+//! - `indexes`: the isolated process's vector index copies
+//!   (`isolation: 'process'`);
 //! - `shim`: `cuda-grpc-shim`, the worker protocol forwarded to a gRPC
 //!   server (docs/grpc.md "Shim").
 
 pub mod grpc;
+pub mod indexes;
 pub mod shim;
 pub mod stdio;
 

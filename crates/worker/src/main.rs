@@ -15,8 +15,8 @@
 //! It is also the engine's isolated process (`isolation: 'process'`): the
 //! supervisor starts it with `--serve --preload --options JSON` and also
 //! sends the requests only it writes (`"vectors":"f32"` embeddings,
-//! `"tensors":"binary"` inferences, `{"id":N,"health":true}`;
-//! docs/worker-protocol.md).
+//! `"tensors":"binary"` inferences, `{"id":N,"health":true}`, frames
+//! marked `index_op` for vector index copies; docs/worker-protocol.md).
 //!
 //! `cuda-worker --grpc ADDR` serves the same engine over gRPC instead
 //! (the Open Inference Protocol, `cuda_engine.v1.Engine`, `grpc.health.v1`;
@@ -38,9 +38,11 @@ use cuda_engine_core::engine::{CallOptions, Engine, EnvelopeInput, ModelLoading}
 use cuda_engine_core::err;
 use cuda_engine_core::error::Result;
 use cuda_engine_core::infer::{InferRequest, InferResponse};
+use cuda_engine_core::isolated_index::{IndexOp, IndexReply};
 use cuda_engine_core::jobs::Target;
 use cuda_engine_core::options::EngineOptions;
 use cuda_worker::grpc::{self, GrpcConfig};
+use cuda_worker::indexes;
 use cuda_worker::stdio::{self, Outcome, Runner};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -200,7 +202,7 @@ fn main() -> ExitCode {
                 }
             });
         }
-        let runner = Arc::new(EngineRunner(engine));
+        let runner = Arc::new(EngineRunner(engine, indexes::Copies::default()));
         if serve {
             stdio::serve(runner).await
         } else {
@@ -227,8 +229,9 @@ fn usage_error(msg: &str) -> ExitCode {
 }
 
 /// Jobs run on this process's engine, with `target: 'local'` (a worker
-/// never proxies to another worker).
-struct EngineRunner(Arc<Engine>);
+/// never proxies to another worker); the supervisor's vector index copies
+/// beside it.
+struct EngineRunner(Arc<Engine>, indexes::Copies);
 
 impl EngineRunner {
     fn call(cancel: CancellationToken) -> CallOptions {
@@ -260,6 +263,10 @@ impl Runner for EngineRunner {
 
     async fn infer(&self, req: InferRequest, cancel: CancellationToken) -> Result<InferResponse> {
         self.0.infer(req, Self::call(cancel)).await
+    }
+
+    async fn index_op(&self, op: IndexOp, cancel: CancellationToken) -> Result<IndexReply> {
+        self.1.run(&self.0, op, cancel).await
     }
 
     async fn health(&self) -> Result<Value> {

@@ -14,6 +14,7 @@ use cuda_engine_core::envelope::{Payload, RawEnvelope};
 use cuda_engine_core::err;
 use cuda_engine_core::error::Result;
 use cuda_engine_core::infer::{InferRequest, InferResponse};
+use cuda_engine_core::isolated_index::{IndexOp, IndexReply, INDEX_OP_KEY};
 use cuda_engine_core::isolation;
 use cuda_engine_core::jobs::{JobOutput, JobType};
 use cuda_engine_core::worker::protocol::{self, BinaryFormat, Request, FRAME_HEADER_LEN, FRAME_TAG};
@@ -45,6 +46,12 @@ pub trait Runner: Send + Sync + 'static {
         -> impl Future<Output = Result<InferResponse>> + Send;
     /// `{"id":N,"health":true}`: the health report (JSON).
     fn health(&self) -> impl Future<Output = Result<Value>> + Send;
+    /// A vector index op of the engine's supervisor (`isolation:
+    /// 'process'`, frames marked `index_op`). Only `cuda-worker` has them.
+    fn index_op(&self, op: IndexOp, cancel: CancellationToken) -> impl Future<Output = Result<IndexReply>> + Send {
+        let _ = (op, cancel);
+        async { Err(err!(UnknownType, "{} keeps no vector indexes", self.name())) }
+    }
 }
 
 /// Turn a protocol request into the engine's envelope input.
@@ -330,11 +337,39 @@ pub async fn serve<R: Runner>(runner: Arc<R>) -> u8 {
                     continue;
                 }
             },
-            Msg::Frame(fmt, body) => match protocol::parse_frame_request(fmt, &body) {
-                Ok(req) => match req.id {
-                    Some(id) => (id, Ok(to_input(req)), Some(fmt), Reply::Plain),
-                    None => {
-                        eprintln!("{}: ignoring a frame without `id` (required with --serve)", runner.name());
+            Msg::Frame(fmt, body) => match protocol::decode_body(fmt, &body) {
+                // The supervisor's vector index ops (never an envelope).
+                Ok(v) if v.get(INDEX_OP_KEY).is_some() => {
+                    let Some(id) = v.get("id").and_then(protocol::WireValue::as_u64) else {
+                        eprintln!("{}: ignoring an index op without `id`", runner.name());
+                        continue;
+                    };
+                    let op = IndexOp::decode(&v).map_err(|why| err!(WorkerProtocol, "a malformed index op: {why}"));
+                    drop(v);
+                    let token = CancellationToken::new();
+                    lock(&jobs).insert(id, token.clone());
+                    let (runner, tx, jobs) = (runner.clone(), tx.clone(), jobs.clone());
+                    tasks.spawn(async move {
+                        let reply = match op {
+                            Ok(op) => runner.index_op(op, token).await,
+                            Err(e) => Err(e),
+                        };
+                        let frame = reply.and_then(|r| r.encode(id));
+                        lock(&jobs).remove(&id);
+                        let _ = tx.send(frame.unwrap_or_else(|e| protocol::encode_response(Some(id), &Err(e), None)));
+                    });
+                    continue;
+                }
+                Ok(v) => match protocol::request_from_value(v) {
+                    Ok(req) => match req.id {
+                        Some(id) => (id, Ok(to_input(req)), Some(fmt), Reply::Plain),
+                        None => {
+                            eprintln!("{}: ignoring a frame without `id` (required with --serve)", runner.name());
+                            continue;
+                        }
+                    },
+                    Err(why) => {
+                        eprintln!("{}: ignoring an invalid frame: {why}", runner.name());
                         continue;
                     }
                 },

@@ -203,6 +203,18 @@ pub struct StoredVector {
     pub namespace: Option<String>,
 }
 
+/// Rows read back by [`VectorIndex::export_rows`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RowChunk {
+    pub ids: Vec<VectorId>,
+    /// `ids.len() × dims` values, as stored.
+    pub vectors: Vec<f32>,
+    /// One per id; None when no row of the chunk has a namespace.
+    pub namespaces: Option<Vec<Option<String>>>,
+    /// The slot to continue from; None when this was the last chunk.
+    pub next: Option<usize>,
+}
+
 /// Counts and sizes for health and `info()`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct IndexInfo {
@@ -619,10 +631,68 @@ impl VectorIndex {
             .collect())
     }
 
-    /// The best `k` vectors for each of the `queries.len() / dims` queries,
-    /// restricted to `namespace` when given (an unknown namespace has no
-    /// vectors: empty results).
-    pub fn search(&self, queries: Vec<f32>, k: usize, namespace: Option<&str>) -> Result<Vec<SearchHits>> {
+    /// Live rows in slot order from slot `from` on, as stored (normalized
+    /// for cosine, rounded for fp16), until about `max_bytes` of vectors,
+    /// ids and namespaces (at least one row): for copying this index into
+    /// another with [`VectorIndex::upsert_stored`] (the isolated process's
+    /// copy). `next` is the slot to continue from; None when done.
+    pub fn export_rows(&self, from: usize, max_bytes: usize) -> Result<RowChunk> {
+        let st = self.state.read().map_err(|_| lock_err())?;
+        let mut slots = Vec::new();
+        let mut bytes = 0usize;
+        let mut next = None;
+        for s in from..st.len() {
+            let Some(id) = &st.ids[s] else { continue };
+            let tag = st.tags[s];
+            let ns_bytes = if tag == NO_NAMESPACE { 0 } else { st.namespaces[tag as usize].len() };
+            let id_bytes = match id {
+                VectorId::Str(x) => x.len(),
+                VectorId::U64(_) => 8,
+            };
+            // Per row: the values, the id, the namespace and the framing.
+            let row = self.config.dims * 4 + id_bytes + ns_bytes + 32;
+            if !slots.is_empty() && bytes + row > max_bytes {
+                next = Some(s);
+                break;
+            }
+            bytes += row;
+            slots.push(s as u32);
+        }
+        let vectors = st.store.read(&slots)?;
+        let ids = slots.iter().filter_map(|&s| st.ids[s as usize].clone()).collect();
+        let any_ns = slots.iter().any(|&s| st.tags[s as usize] != NO_NAMESPACE);
+        let namespaces = any_ns.then(|| {
+            slots
+                .iter()
+                .map(|&s| {
+                    let tag = st.tags[s as usize];
+                    (tag != NO_NAMESPACE).then(|| st.namespaces[tag as usize].clone())
+                })
+                .collect()
+        });
+        Ok(RowChunk { ids, vectors, namespaces, next })
+    }
+
+    /// `upsert` of rows read back with [`VectorIndex::export_rows`]: checked
+    /// as usual but not normalized again (that could change their last
+    /// bits), so the copy holds the same values as the original.
+    pub fn upsert_stored(
+        &self,
+        ids: Vec<VectorId>,
+        vectors: Vec<f32>,
+        namespaces: Option<Vec<Option<String>>>,
+    ) -> Result<()> {
+        self.upsert_rows(ids, vectors, namespaces, false)
+    }
+
+    /// Every check `search` makes on its arguments, without searching: a
+    /// caller that searches a copy elsewhere (the isolated process) answers
+    /// bad arguments with the same errors.
+    pub fn check_search(&self, queries: &[f32], k: usize, namespace: Option<&str>) -> Result<()> {
+        self.prepare_search(queries.to_vec(), k, namespace).map(|_| ())
+    }
+
+    fn prepare_search(&self, queries: Vec<f32>, k: usize, namespace: Option<&str>) -> Result<(Vec<f32>, usize)> {
         if k == 0 || k > MAX_K {
             return Err(err!(InvalidArg, "`k` must be an integer in 1..={MAX_K}, got {k}"));
         }
@@ -646,7 +716,15 @@ impl VectorIndex {
                 ));
             }
         }
-        let queries = self.prepare_rows(queries, nq, "queries")?;
+        Ok((self.prepare_rows(queries, nq, "queries")?, nq))
+    }
+
+    /// The best `k` vectors for each of the `queries.len() / dims` queries,
+    /// restricted to `namespace` when given (an unknown namespace has no
+    /// vectors: empty results).
+    pub fn search(&self, queries: Vec<f32>, k: usize, namespace: Option<&str>) -> Result<Vec<SearchHits>> {
+        let d = self.config.dims;
+        let (queries, nq) = self.prepare_search(queries, k, namespace)?;
         let st = self.state.read().map_err(|_| lock_err())?;
         let filter = match namespace {
             None => Filter::Live,

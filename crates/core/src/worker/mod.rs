@@ -300,6 +300,16 @@ impl Worker {
     /// Stop: persistent workers get their stdin closed and 2 s to exit, then
     /// their groups are killed; returns when all are reaped. Later `run`s
     /// fail with `E_WORKER_EXIT`. Idempotent.
+    /// Persistent mode: how many processes were started after the first.
+    pub fn restarts(&self) -> u64 {
+        self.pool.as_ref().map_or(0, |p| p.restarts())
+    }
+
+    /// Whether [`Worker::shutdown`] was called (no job runs any more).
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.shutdown.load(Ordering::Acquire)
+    }
+
     pub async fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
         if let Some(pool) = &self.pool {

@@ -598,7 +598,12 @@ pub fn parse_json_request(text: &[u8]) -> std::result::Result<Request, String> {
 
 /// Worker side: parse a binary request frame body.
 pub fn parse_frame_request(format: BinaryFormat, body: &[u8]) -> std::result::Result<Request, String> {
-    let v = decode_body(format, body)?;
+    request_from_value(decode_body(format, body)?)
+}
+
+/// Worker side: a request from a decoded frame body (a reader that looks at
+/// the body first, for the supervisor's own requests, decodes it once).
+pub fn request_from_value(v: WireValue) -> std::result::Result<Request, String> {
     let id = match v.get("id") {
         None | Some(WireValue::Null) => None,
         Some(x) => Some(x.as_u64().ok_or("`id` is not an unsigned integer")?),
