@@ -792,7 +792,7 @@ impl IsolatedIndex {
         let mut order = if parts.len() > 1 { Some(self.order.lock().await) } else { None };
         let mut out = Vec::new();
         for query in parts {
-            let held = order.as_mut().map(|g| &mut **g);
+            let held = order.as_deref_mut();
             out.extend(self.search_part(query, k, namespace.clone(), &cancel, held).await?);
         }
         Ok(out)
