@@ -573,7 +573,13 @@ impl IsolatedIndex {
             order: tokio::sync::Mutex::new(Vec::new()),
         });
         let mut garbage = index.order.lock().await;
-        index.rebuild(&mut garbage).await?;
+        if let Err(e) = index.rebuild(&mut garbage).await {
+            // Not registered: what was built of it goes (best effort).
+            for key in garbage.drain(..) {
+                let _ = index.send(IndexOp::Drop { key }, CancellationToken::new()).await;
+            }
+            return Err(e);
+        }
         drop(garbage);
         Ok(index)
     }
