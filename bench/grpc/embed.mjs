@@ -9,7 +9,7 @@
 // (POST /api/v1/submit), and Python tritonclient (ModelInfer; when
 // .venv-grpc exists, scripts/python-grpc-env.sh).
 //
-//   node bench/grpc/embed.mjs [--model DIR] [--device cpu|cuda] [--single N] [--batches N] [--json FILE] [--server-args A,B] [--only single]
+//   node bench/grpc/embed.mjs [--model DIR] [--device cpu|cuda] [--single N] [--batches N] [--json FILE] [--server-args A,B] [--only single] [--sequential]
 //
 // The single-text part also times grpc.health.v1 Check through the same
 // grpc-js channel: an RPC the server answers without work, so its p50 is
@@ -39,6 +39,9 @@ const workerBin = opt('--worker', path.join(root, 'target/release/cuda-worker'))
 // to measure compressed answers against the default in the same machine run).
 const serverArgs = (opt('--server-args', '') || '').split(',').filter(Boolean)
 const only = opt('--only')
+// --sequential: time each single-text path in its own block of calls (the
+// server stays warm between its calls) instead of interleaved.
+const sequential = args.includes('--sequential')
 
 const { Engine } = require(path.join(root, 'index.js'))
 const grpc = require('@grpc/grpc-js')
@@ -70,13 +73,16 @@ const pct = (xs, p) => {
 async function interleaved(paths, n = singleN) {
   const names = Object.keys(paths)
   const xs = Object.fromEntries(names.map((k) => [k, []]))
+  const one = async (k) => {
+    const t = ms()
+    await paths[k]()
+    xs[k].push(ms() - t)
+  }
   for (let i = 0; i < 50; i++) for (const k of names) await paths[k]()
-  for (let i = 0; i < n; i++) {
-    for (const k of names) {
-      const t = ms()
-      await paths[k]()
-      xs[k].push(ms() - t)
-    }
+  if (sequential) {
+    for (const k of names) for (let i = 0; i < n; i++) await one(k)
+  } else {
+    for (let i = 0; i < n; i++) for (const k of names) await one(k)
   }
   return Object.fromEntries(names.map((k) => [k, { p50_ms: pct(xs[k], 50), p99_ms: pct(xs[k], 99), n }]))
 }
@@ -162,6 +168,7 @@ try {
     grpc_js_health_check: () => unary(gjsHealth, 'Check', { service: '' }),
     http_submit: () => post(JSON.stringify({ type: 'embedding', payload: { texts: [SHORT] } })),
   }
+  r.timing = sequential ? 'sequential blocks' : 'interleaved'
   Object.assign(r, await interleaved(paths))
   for (const k of ['remote_client', 'grpc_js_embed', 'grpc_js_embed_no_retries', 'http_submit']) r[k].added_p50_ms = +(r[k].p50_ms - r.in_process.p50_ms).toFixed(3)
   for (const k of ['grpc_js_embed', 'grpc_js_embed_no_retries']) r[k].beyond_floor_p50_ms = +(r[k].added_p50_ms - r.grpc_js_health_check.p50_ms).toFixed(3)
