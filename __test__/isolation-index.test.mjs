@@ -262,3 +262,36 @@ test('requests bigger than a frame go in parts: rebuilds, upserts, removes and s
   // state or the other.
   await raceCheck(small, 'race-parts')
 })
+
+// The GPU variant: the isolated process's copy lives next to its model on
+// the GPU, and answers as an in-process GPU index does.
+const gpu = (await addon.health()).cuda_available ? false : 'no CUDA device here: GPU isolated-index test SKIPPED'
+if (gpu) console.log(`# ${gpu}`)
+test('cuda: an isolated engine keeps its index on its GPU and searches like an in-process GPU index', { skip: gpu }, async (t) => {
+  const [isoGpu, localGpu] = await Promise.all([
+    Engine.open({ isolation: 'process', device: 'cuda', model: modelDir }),
+    Engine.open({ device: 'cuda', model: modelDir }),
+  ])
+  t.after(() => Promise.all([isoGpu.close(), localGpu.close()]))
+  const n = 2000
+  const ids = Array.from({ length: n }, (_, i) => `v${i}`)
+  const vectors = randoms(n * 384, 11)
+  const queries = randoms(8 * 384, 12)
+  const results = []
+  for (const engine of [isoGpu, localGpu]) {
+    const index = await engine.createIndex('g', { dims: 384, metric: 'cosine', dtype: 'fp32' })
+    assert.equal(index.device, 'cuda:0')
+    await index.upsert(ids, vectors)
+    await index.remove(['v3', 'v5'])
+    const byText = await engine.search(texts, { index: 'g', k: 5 })
+    results.push({ hits: await index.search(queries, { k: 10 }), byText, health: await engine.health() })
+  }
+  sameHits(results[0].hits, results[1].hits, 'GPU vectors')
+  assert.deepEqual(results[0].byText.map((r) => [...r.ids]), results[1].byText.map((r) => [...r.ids]))
+  assert.deepEqual(results[0].health.indexes.map((i) => [i.name, i.count, i.device]), [['g', n - 2, 'cuda:0']])
+  // A restart rebuilds the GPU copy from the host copy.
+  const before = results[0].health.isolation
+  process.kill(before.pid, 'SIGKILL')
+  assert.ok(await waitFor(async () => (await isoGpu.health()).isolation.restarts > before.restarts), 'the isolated process restarted')
+  sameHits(await isoGpu.index('g').search(queries, { k: 10 }), results[1].hits, 'GPU vectors after a restart')
+})
