@@ -76,6 +76,41 @@ pub fn is_embedding(input: &EnvelopeInput) -> bool {
     }
 }
 
+/// stdin for `--serve`: an epoll-driven pipe when it is one (the
+/// supervisor's case), else tokio's `Stdin`, which runs every read on a
+/// blocking-pool thread. With the supervisor's 1 MiB pipes
+/// (`worker::process`), a 768 KiB frame each way went from 2.0–2.9 ms to
+/// 0.9–1.1 ms on the 2-core machine; either change alone did half of it.
+fn serve_stdin() -> Box<dyn tokio::io::AsyncRead + Unpin + Send> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+
+        if let Ok(pipe) =
+            std::io::stdin().as_fd().try_clone_to_owned().and_then(tokio::net::unix::pipe::Receiver::from_owned_fd)
+        {
+            return Box::new(pipe);
+        }
+    }
+    Box::new(tokio::io::stdin())
+}
+
+/// stdout for `--serve`, as [`serve_stdin`]. Nothing else writes to stdout
+/// in this mode (it would corrupt the protocol), so its being non-blocking
+/// from now on is safe.
+fn serve_stdout() -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        if let Ok(pipe) =
+            std::io::stdout().as_fd().try_clone_to_owned().and_then(tokio::net::unix::pipe::Sender::from_owned_fd)
+        {
+            return Box::new(pipe);
+        }
+    }
+    Box::new(tokio::io::stdout())
+}
+
 async fn write_out(bytes: &[u8]) -> u8 {
     let mut out = tokio::io::stdout();
     if out.write_all(bytes).await.is_err() || out.flush().await.is_err() {
@@ -291,13 +326,13 @@ pub async fn serve<R: Runner>(runner: Arc<R>) -> u8 {
     let max = runner.max_message_bytes();
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
-        let mut w = BufWriter::with_capacity(64 * 1024, tokio::io::stdout());
+        let mut w = BufWriter::with_capacity(64 * 1024, serve_stdout());
         // Replies that are ready go out in one flush; a broken stdout ends it.
         let _ = protocol::write_batched(&mut rx, &mut w).await;
     });
     let jobs: Arc<Mutex<HashMap<u64, CancellationToken>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut reader = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+    let mut reader = BufReader::with_capacity(64 * 1024, serve_stdin());
     let mut code = 0u8;
     loop {
         let msg = match read_msg(&mut reader, max).await {
