@@ -756,9 +756,7 @@ pub fn encode_vectors_response(id: u64, vectors: &[Vec<f32>]) -> Result<Vec<u8>>
     w.str("result");
     w.bytes_header(n);
     for v in vectors {
-        for x in v {
-            w.out.extend_from_slice(&x.to_le_bytes());
-        }
+        extend_le_f32(&mut w.out, v);
     }
     let total = u32::try_from(w.out.len() - FRAME_HEADER_LEN)
         .map_err(|_| err!(TooLarge, "a worker frame is limited to 4 GiB"))?;
@@ -785,10 +783,32 @@ pub fn vectors_from_f32_bytes(bytes: &[u8], count: usize) -> Result<Vec<Vec<f32>
         ));
     }
     let dims = bytes.len() / 4 / count;
-    Ok(bytes
-        .chunks_exact(dims * 4)
-        .map(|row| row.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-        .collect())
+    Ok(bytes.chunks_exact(dims * 4).map(f32s_from_le).collect())
+}
+
+/// Append `xs` as little-endian f32 bytes: one copy on little-endian hosts
+/// (the per-float loop took 0.23 ms for a reply of 512 × 384).
+fn extend_le_f32(out: &mut Vec<u8>, xs: &[f32]) {
+    if cfg!(target_endian = "little") {
+        out.extend_from_slice(bytemuck::cast_slice(xs));
+    } else {
+        for x in xs {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+}
+
+/// Little-endian f32 bytes (a multiple of 4, any alignment) as f32s.
+fn f32s_from_le(bytes: &[u8]) -> Vec<f32> {
+    let mut out = vec![0f32; bytes.len() / 4];
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice_mut::<f32, u8>(&mut out).copy_from_slice(bytes);
+    } else {
+        for (x, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    }
+    out
 }
 
 /// Write queued messages (lines or frames) to `w`, flushing once per burst:
