@@ -159,3 +159,50 @@ test('an engine that loads its model on first use drains a call made before clos
     process.chdir(cwd)
   }
 })
+
+// createIndex / loadIndex are admitted when they are made, like the other
+// calls: one made before close() is drained (it resolves with the index,
+// which close() then releases), one made after it is E_CLOSED. Before,
+// they were not counted at all, so close() did not wait for them; on an
+// isolated engine the creation then met the shutting-down process.
+test('createIndex and loadIndex made before close() are drained; after it they are E_CLOSED', async (t) => {
+  const os = await import('node:os')
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'close-order-'))
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }))
+  const file = path.join(dir, 'docs.cevi')
+  {
+    const { VectorIndex } = addon
+    const ix = await VectorIndex.create({ dims: 384, device: 'cpu' })
+    await ix.upsert(['a'], reference)
+    await ix.save(file)
+  }
+  const worker = [process.env.CUDA_WORKER_BIN, path.join(root, 'target/release/cuda-worker')].find((p) => p && fs.existsSync(p))
+  const kinds = [['in-process', open]]
+  if (worker) {
+    // The isolated process is found by the discovery rules.
+    const saved = process.env.CUDA_WORKER_PATH
+    kinds.push(['isolated', async () => {
+      process.env.CUDA_WORKER_PATH = worker
+      try {
+        return await Engine.open({ model: modelDir, device: 'cpu', isolation: 'process' })
+      } finally {
+        if (saved === undefined) delete process.env.CUDA_WORKER_PATH
+        else process.env.CUDA_WORKER_PATH = saved
+      }
+    }])
+  }
+  for (const [kind, openIt] of kinds) {
+    for (let i = 0; i < 5; i++) {
+      const e = await openIt()
+      const created = e.createIndex('made', { dims: 384 })
+      const loaded = e.loadIndex('loaded', file)
+      const closing = e.close()
+      const late = rejection(e.createIndex('late', { dims: 384 })) // handled at once
+      const [c, l] = await Promise.all([created, loaded])
+      assert.equal(c.dims, 384, `${kind}: createIndex drained`)
+      assert.equal(l.size, 1, `${kind}: loadIndex drained`)
+      assert.equal((await late).code, 'E_CLOSED', `${kind}: createIndex after close`)
+      await closing
+    }
+  }
+})

@@ -300,7 +300,15 @@ impl Engine {
         spawn_job(
             env,
             Ok(ParsedCall::default()),
-            move |_| async move { engine.create_index(&name?, config?).await },
+            move |_| {
+                // Admitted on the JS thread, so that close() waits for it
+                // (docs/design.md "Close").
+                let admission = engine.admit_owned();
+                async move {
+                    let _admitted = admission?;
+                    engine.create_index(&name?, config?).await
+                }
+            },
             index_to_js,
         )
     }
@@ -327,7 +335,13 @@ impl Engine {
         spawn_job(
             env,
             Ok(ParsedCall::default()),
-            move |_| async move { engine.load_index(&name?, path?, device?).await },
+            move |_| {
+                let admission = engine.admit_owned();
+                async move {
+                    let _admitted = admission?;
+                    engine.load_index(&name?, path?, device?).await
+                }
+            },
             index_to_js,
         )
     }

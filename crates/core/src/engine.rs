@@ -508,7 +508,9 @@ impl Engine {
     fn add_isolated(&self, name: &str, index: Arc<IsolatedIndex>) -> Result<EngineIndex> {
         let added = self.check_index_name(name).and_then(|()| {
             self.check_index_free(name)?;
-            lock(&self.indexes).insert(name.to_string(), EngineIndex::Isolated(index.clone()));
+            let mut all = lock(&self.indexes);
+            self.check_not_released()?;
+            all.insert(name.to_string(), EngineIndex::Isolated(index.clone()));
             Ok(())
         });
         if let Err(e) = added {
@@ -570,7 +572,17 @@ impl Engine {
                 "`name` must be 1..=128 characters of A-Z, a-z, 0-9, '_', '.', '-', got {name:?}"
             ));
         }
-        if self.is_closed() {
+        self.check_not_released()
+    }
+
+    /// `E_CLOSED` once `close` has released the engine's resources. Not
+    /// `is_closed`: a `createIndex`/`loadIndex` admitted before `close()`
+    /// (the binding admits it when it is made) is drained, and `close`
+    /// takes the indexes only after the drain, so adding one until then is
+    /// safe. Checked again under the index lock, which `close` takes the
+    /// map under, so none is added after.
+    fn check_not_released(&self) -> Result<()> {
+        if self.released.load(Ordering::SeqCst) {
             return Err(err!(Closed, "this Engine is closed; open a new one"));
         }
         Ok(())
@@ -582,6 +594,7 @@ impl Engine {
     pub fn add_index(&self, name: &str, index: Arc<VectorIndex>) -> Result<()> {
         self.check_index_name(name)?;
         let mut all = lock(&self.indexes);
+        self.check_not_released()?;
         if all.contains_key(name) {
             return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
         }
