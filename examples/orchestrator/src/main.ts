@@ -63,8 +63,9 @@ let settled = false
 const inFlight = orch
   .run({ id: 'during-drain', type: 'embed', texts: Array.from({ length: 64 }, (_, i) => `drain ${i} `.repeat(8)) })
   .finally(() => (settled = true))
-// Signal once the engine counts the job as in flight: a call made in the same
-// tick as close() may not be admitted yet, and then fails with E_CLOSED.
+// The job is admitted when run() calls the engine, synchronously, so a
+// close() after this line drains it (docs/design.md "Close"); waiting until
+// health() counts it also shows that count.
 while (!settled && (await orch.health()).queue.in_flight === 0) await new Promise((r) => setTimeout(r, 1))
 process.kill(process.pid, 'SIGTERM')
 await sigtermSeen
