@@ -11,7 +11,7 @@ import assert from 'node:assert/strict'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { addon, rejection } from './helpers.mjs'
+import { addon, builtWorker, rejection } from './helpers.mjs'
 
 const { Engine } = addon
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -176,7 +176,7 @@ test('createIndex and loadIndex made before close() are drained; after it they a
     await ix.upsert(['a'], reference)
     await ix.save(file)
   }
-  const worker = [process.env.CUDA_WORKER_BIN, path.join(root, 'target/release/cuda-worker')].find((p) => p && fs.existsSync(p))
+  const worker = builtWorker()
   const kinds = [['in-process', open]]
   if (worker) {
     // The isolated process is found by the discovery rules.

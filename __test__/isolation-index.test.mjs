@@ -10,27 +10,14 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { addon, rejection } from './helpers.mjs'
+import { addon, rejection, randoms, builtWorker } from './helpers.mjs'
 
 const { Engine } = addon
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const modelDir = process.env.CUDA_ENGINE_MODEL || path.join(root, 'models/all-MiniLM-L6-v2')
-const workerBin = [process.env.CUDA_WORKER_BIN, path.join(root, 'target/release/cuda-worker'), path.join(root, 'target/debug/cuda-worker')]
-  .filter(Boolean)
-  .find((p) => fs.existsSync(p))
+const workerBin = builtWorker()
 assert.ok(workerBin, 'cuda-worker is not built: run cargo build --release -p cuda-worker')
 process.env.CUDA_WORKER_PATH = workerBin
-
-/** Deterministic values in [-1, 1). */
-function randoms(n, seed) {
-  let x = seed >>> 0 || 1
-  const out = new Float32Array(n)
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0
-    out[i] = (x / 2 ** 32) * 2 - 1
-  }
-  return out
-}
 
 /** Same ids, scores within 1e-6. */
 function sameHits(a, b, what) {

@@ -11,14 +11,12 @@ import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { addon, rejection } from './helpers.mjs'
+import { addon, rejection, builtWorker } from './helpers.mjs'
 
 const { Engine, health } = addon
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
 const modelDir = process.env.CUDA_ENGINE_MODEL || path.join(root, 'models/all-MiniLM-L6-v2')
-const workerBin = [process.env.CUDA_WORKER_BIN, path.join(root, 'target/release/cuda-worker'), path.join(root, 'target/debug/cuda-worker')]
-  .filter(Boolean)
-  .find((p) => fs.existsSync(p))
+const workerBin = builtWorker()
 assert.ok(workerBin, 'cuda-worker is not built: run cargo build --release -p cuda-worker')
 // Discovery rule 1: the isolated process's binary.
 process.env.CUDA_WORKER_PATH = workerBin

@@ -6,7 +6,7 @@ import test from 'node:test'
 import assert from 'node:assert/strict'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { addon, rejection } from './helpers.mjs'
+import { addon, rejection, randoms } from './helpers.mjs'
 
 const { Engine, VectorIndex, health } = addon
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
@@ -15,17 +15,6 @@ const modelDir = process.env.CUDA_ENGINE_MODEL || path.join(root, 'models/all-Mi
 const h = await health()
 const gpuSkip = h.cuda_available ? false : `no CUDA device here: GPU vector tests SKIPPED`
 if (gpuSkip) console.log(`# ${gpuSkip}`)
-
-/** Deterministic values in [-1, 1). */
-function randoms(n, seed) {
-  let x = seed >>> 0 || 1
-  const out = new Float32Array(n)
-  for (let i = 0; i < n; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0
-    out[i] = (x / 2 ** 32) * 2 - 1
-  }
-  return out
-}
 
 function normalized(v) {
   let n = 0
