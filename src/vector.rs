@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use cuda_engine_core::isolated_index::EngineIndex;
+use cuda_engine_core::isolated_index::{blocking, EngineIndex};
 use cuda_engine_core::metrics::CallType;
 use cuda_engine_core::options::{self, IndexOptions};
 use cuda_engine_core::vector::request::{SearchQuery, SearchRequest};
 use cuda_engine_core::vector::{
     IdKind, SearchHits, StoredVector, VectorId, VectorIndex as CoreIndex, MAX_BATCH, MAX_K, MAX_QUERIES,
 };
-use cuda_engine_core::{err, CoreError, Result};
+use cuda_engine_core::{err, Result};
 use napi::bindgen_prelude::*;
 use napi::sys;
 use napi_derive::napi;
@@ -37,10 +37,6 @@ const ENGINE_SEARCH_OPTIONS: &[&str] = &["index", "k", "namespace", "signal", "t
 #[napi]
 pub struct VectorIndex {
     pub(crate) inner: EngineIndex,
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| CoreError::internal(format!("vector index task failed: {e}")))?
 }
 
 fn index_to_js(env: &Env, inner: EngineIndex) -> napi::Result<Unknown<'_>> {

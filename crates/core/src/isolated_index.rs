@@ -310,17 +310,7 @@ impl IndexReply {
                         })
                         .collect(),
                 );
-                let mut blob = protocol::encode_frame(BinaryFormat::Cbor, &body)?;
-                blob.drain(..protocol::FRAME_HEADER_LEN);
-                protocol::encode_frame(
-                    BinaryFormat::Cbor,
-                    &WireValue::map(vec![
-                        ("id", WireValue::U64(id)),
-                        ("ok", WireValue::Bool(true)),
-                        ("encoding", WireValue::Str(HITS_ENCODING.into())),
-                        ("result", WireValue::Bytes(blob)),
-                    ]),
-                )
+                protocol::encode_blob_response(id, HITS_ENCODING, &body)
             }
         }
     }
@@ -355,7 +345,9 @@ pub enum EngineIndex {
     Isolated(Arc<IsolatedIndex>),
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+/// Run a (blocking) vector index operation on a blocking thread; a panic
+/// there is `E_INTERNAL`. Also the binding's.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| CoreError::internal(format!("vector index task failed: {e}")))?
 }
 

@@ -312,17 +312,7 @@ pub fn encode_infer_response(id: u64, resp: &InferResponse) -> Result<Vec<u8>> {
         ("id", WireValue::Str(resp.id.clone())),
         ("outputs", WireValue::Array(outputs)),
     ]);
-    let mut blob = protocol::encode_frame(BinaryFormat::Cbor, &body)?;
-    blob.drain(..protocol::FRAME_HEADER_LEN);
-    protocol::encode_frame(
-        BinaryFormat::Cbor,
-        &WireValue::map(vec![
-            ("id", WireValue::U64(id)),
-            ("ok", WireValue::Bool(true)),
-            ("encoding", WireValue::Str("infer".into())),
-            ("result", WireValue::Bytes(blob)),
-        ]),
-    )
+    protocol::encode_blob_response(id, "infer", &body)
 }
 
 /// Supervisor side: the inverse of [`encode_infer_response`]'s `result`.

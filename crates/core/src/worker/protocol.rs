@@ -276,6 +276,23 @@ pub fn encode_frame(format: BinaryFormat, value: &WireValue) -> Result<Vec<u8>> 
     Ok(out)
 }
 
+/// A successful reply frame `{id, ok: true, encoding, result: <bytes>}`
+/// whose `result` is `body` encoded as one CBOR value: the replies the
+/// isolated process sends for `infer` (tensors) and index searches (hits).
+pub fn encode_blob_response(id: u64, encoding: &str, body: &WireValue) -> Result<Vec<u8>> {
+    let mut blob = encode_frame(BinaryFormat::Cbor, body)?;
+    blob.drain(..FRAME_HEADER_LEN);
+    encode_frame(
+        BinaryFormat::Cbor,
+        &WireValue::map(vec![
+            ("id", WireValue::U64(id)),
+            ("ok", WireValue::Bool(true)),
+            ("encoding", WireValue::Str(encoding.into())),
+            ("result", WireValue::Bytes(blob)),
+        ]),
+    )
+}
+
 /// Parse a frame header: the format and the body length.
 pub fn parse_frame_header(h: &[u8; FRAME_HEADER_LEN]) -> std::result::Result<(BinaryFormat, usize), String> {
     if h[0] != FRAME_TAG {
