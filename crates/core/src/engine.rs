@@ -492,27 +492,27 @@ impl Engine {
         self.config.limits.max_envelope_bytes
     }
 
+    /// The name is free and there is room for one more index (checked
+    /// again when it is inserted).
     fn check_index_free(&self, name: &str) -> Result<()> {
-        let all = lock(&self.indexes);
-        if all.contains_key(name) {
-            return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
-        }
-        if all.len() >= MAX_INDEXES {
-            return Err(err!(TooLarge, "an engine holds at most {MAX_INDEXES} named indexes"));
-        }
+        check_room(&lock(&self.indexes), name)
+    }
+
+    /// Insert under one lock: not after `close` has released the engine
+    /// (it takes the map under this lock), not over a name taken meanwhile.
+    fn insert_index(&self, name: &str, index: EngineIndex) -> Result<()> {
+        let mut all = lock(&self.indexes);
+        self.check_not_released()?;
+        check_room(&all, name)?;
+        all.insert(name.to_string(), index);
         Ok(())
     }
 
     /// Register an isolated index; when the name was taken meanwhile (or
     /// the engine closed), its isolated copy is dropped again.
     fn add_isolated(&self, name: &str, index: Arc<IsolatedIndex>) -> Result<EngineIndex> {
-        let added = self.check_index_name(name).and_then(|()| {
-            self.check_index_free(name)?;
-            let mut all = lock(&self.indexes);
-            self.check_not_released()?;
-            all.insert(name.to_string(), EngineIndex::Isolated(index.clone()));
-            Ok(())
-        });
+        let added =
+            self.check_index_name(name).and_then(|()| self.insert_index(name, EngineIndex::Isolated(index.clone())));
         if let Err(e) = added {
             index.detach();
             return Err(e);
@@ -542,11 +542,9 @@ impl Engine {
     /// copied into the isolated process.
     pub async fn load_index(&self, name: &str, path: PathBuf, mut device: DevicePreference) -> Result<EngineIndex> {
         self.check_index_name(name)?;
-        if self.index(name).is_some() {
-            return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
-        }
+        // Before reading the file; checked again when it is inserted.
+        self.check_index_free(name)?;
         if let Some(iso) = &self.isolated {
-            self.check_index_free(name)?;
             let host = tokio::task::spawn_blocking(move || VectorIndex::load(&path, DevicePreference::Cpu, None))
                 .await
                 .map_err(|e| CoreError::internal(format!("index loading task failed: {e}")))??;
@@ -593,16 +591,7 @@ impl Engine {
     /// process (use `create_index`/`load_index` for that).
     pub fn add_index(&self, name: &str, index: Arc<VectorIndex>) -> Result<()> {
         self.check_index_name(name)?;
-        let mut all = lock(&self.indexes);
-        self.check_not_released()?;
-        if all.contains_key(name) {
-            return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
-        }
-        if all.len() >= MAX_INDEXES {
-            return Err(err!(TooLarge, "an engine holds at most {MAX_INDEXES} named indexes"));
-        }
-        all.insert(name.to_string(), EngineIndex::Local(index));
-        Ok(())
+        self.insert_index(name, EngineIndex::Local(index))
     }
 
     /// The index named `name`, if any.
@@ -1398,6 +1387,18 @@ impl Engine {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+}
+
+/// `E_INVALID_ARG` when `name` is taken, `E_TOO_LARGE` when the engine
+/// holds [`MAX_INDEXES`] already.
+fn check_room(all: &std::collections::BTreeMap<String, EngineIndex>, name: &str) -> Result<()> {
+    if all.contains_key(name) {
+        return Err(err!(InvalidArg, "`name`: this engine already has an index named {name:?}"));
+    }
+    if all.len() >= MAX_INDEXES {
+        return Err(err!(TooLarge, "an engine holds at most {MAX_INDEXES} named indexes"));
+    }
+    Ok(())
 }
 
 fn env_names_worker() -> bool {
