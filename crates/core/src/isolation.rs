@@ -44,20 +44,6 @@ use crate::worker::{Worker, WorkerConfig, WorkerMode};
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest reply accepted from the isolated process (one frame).
 const MAX_REPLY_BYTES: usize = 1 << 30;
-/// Texts per request when an isolated `embed` is split to pipeline its
-/// replies ([`Isolated::embed`]).
-pub const DEFAULT_PIPELINE_TEXTS: usize = 128;
-
-/// [`DEFAULT_PIPELINE_TEXTS`], or `CUDA_ENGINE_ISOLATION_CHUNK` (read once;
-/// 0 sends every call as one request): a knob for `bench/isolation.mjs`
-/// to compare chunk sizes in one build, not an option.
-pub fn pipeline_texts() -> usize {
-    static CHUNK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CHUNK.get_or_init(|| {
-        std::env::var("CUDA_ENGINE_ISOLATION_CHUNK").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_PIPELINE_TEXTS)
-    })
-}
-
 /// How long `health()` waits for the isolated process's own report.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -146,15 +132,6 @@ impl Isolated {
     }
 
     /// Embed in the isolated process; the vectors come back as raw f32.
-    ///
-    /// A call of more than [`pipeline_texts`] texts goes as several requests
-    /// sent at once (chunks of at most that many, in order). The isolated
-    /// process's batcher packs them into the same passes as one request, but
-    /// answers each chunk when its texts are done, so the replies of the
-    /// first chunks cross the pipe and are decoded here while the device
-    /// computes the rest: with one call in flight, only the last chunk's
-    /// reply waits on the pipe instead of all the vectors (docs/reliability.md,
-    /// "Overhead").
     pub async fn embed(
         &self,
         texts: Vec<String>,
@@ -162,35 +139,12 @@ impl Isolated {
         timeout: Option<Duration>,
         cancel: CancellationToken,
     ) -> Result<Vec<Vec<f32>>> {
-        let chunk = pipeline_texts();
-        if texts.len() <= chunk || chunk == 0 {
-            return self.embed_one_request(&texts, &opts, timeout, &cancel).await;
-        }
-        // Every chunk is sent before any answer is awaited; they share the
-        // caller's cancellation and timeout. The first error in text order
-        // is the call's error (the same a single request would have given
-        // for the first bad text), after the other chunks are settled.
-        let parts = texts.chunks(chunk).map(|c| self.embed_one_request(c, &opts, timeout, &cancel));
-        let mut out = Vec::with_capacity(texts.len());
-        for part in futures_util::future::join_all(parts).await {
-            out.extend(part?);
-        }
-        Ok(out)
-    }
-
-    async fn embed_one_request(
-        &self,
-        texts: &[String],
-        opts: &EmbedOptions,
-        timeout: Option<Duration>,
-        cancel: &CancellationToken,
-    ) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
         let n = texts.len();
-        let build = |id| protocol::encode_embed_f32_request(id, texts, opts.normalize, opts.truncate);
-        match self.worker.run_wire(build, timeout, cancel.clone()).await? {
+        let build = |id| protocol::encode_embed_f32_request(id, &texts, opts.normalize, opts.truncate);
+        match self.worker.run_wire(build, timeout, cancel).await? {
             (JobOutput::Bytes(b), _) => protocol::vectors_from_f32_bytes(&b, n),
             (JobOutput::Json(v), _) => Err(err!(
                 WorkerProtocol,
